@@ -1,0 +1,23 @@
+"""The gdn_fx custom ops (namespace ``gdn_fx``), each with a reference, a fake and per-backend kernels.
+
+Importing this package defines the ops with ``torch.library``; it changes no
+other global state.
+"""
+
+from gdn_fx.ops import registry
+from gdn_fx.ops.checks import NULL_SLOT
+from gdn_fx.ops.conv1d import causal_conv1d_decode, causal_conv1d_prefill
+from gdn_fx.ops.core import gdn_core
+from gdn_fx.ops.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from gdn_fx.ops.gating import gating
+
+__all__ = [
+    "NULL_SLOT",
+    "causal_conv1d_decode",
+    "causal_conv1d_prefill",
+    "chunk_gated_delta_rule",
+    "gating",
+    "gdn_core",
+    "recurrent_gated_delta_rule",
+    "registry",
+]

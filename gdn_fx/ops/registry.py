@@ -1,0 +1,100 @@
+"""One registry for every ``gdn_fx`` custom op and its per-backend implementations.
+
+Each op is a ``torch.library`` custom op in the ``gdn_fx`` namespace. Its
+pure-PyTorch reference is the implementation for every device; a faster kernel
+for one device type is a single call::
+
+    registry.register_kernel("recurrent_gated_delta_rule", "cuda", my_triton_launcher)
+
+Every implementation (reference or kernel) runs behind the op's input
+validation, so bad input raises the same ``ValueError`` on every backend and
+before anything is written to a state pool. ``tests/test_registry.py`` compares
+every registered kernel with the reference of its op.
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+
+import torch
+
+NAMESPACE = "gdn_fx"
+
+
+@dataclasses.dataclass
+class OpEntry:
+    name: str
+    op: "torch._library.custom_ops.CustomOpDef"
+    reference: Callable
+    validate: Callable | None
+    kernels: dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+    @property
+    def qualname(self) -> str:
+        return f"{NAMESPACE}::{self.name}"
+
+    def register_fake(self, fn: Callable) -> Callable:
+        """The fake (meta) implementation; it validates shapes, dtypes and devices too, so bad
+        input fails at trace time under torch.compile as well."""
+        self.op.register_fake(_guarded(fn, self.validate))
+        return fn
+
+    def backend(self, device: torch.device | str) -> str:
+        """Name of the implementation that runs for ``device`` ("reference" or the kernel's)."""
+        device_type = torch.device(device).type
+        fn = self.kernels.get(device_type)
+        return "reference" if fn is None else getattr(fn, "__qualname__", repr(fn))
+
+
+_OPS: dict[str, OpEntry] = {}
+
+
+def _guarded(fn: Callable, validate: Callable | None) -> Callable:
+    if validate is None:
+        return fn
+
+    @functools.wraps(fn)
+    def impl(*args, **kwargs):
+        validate(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return impl
+
+
+def define(name: str, *, mutates_args: tuple[str, ...], validate: Callable | None = None):
+    """Decorator: define ``gdn_fx::<name>`` with the decorated function as its reference.
+
+    The schema is inferred from the reference's signature; ``mutates_args``
+    must name exactly the tensors it writes. Register the fake with
+    ``entry.register_fake``.
+    """
+
+    def deco(reference: Callable) -> OpEntry:
+        if name in _OPS:
+            raise ValueError(f"op gdn_fx::{name} is already defined")
+        op = torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=mutates_args)(
+            _guarded(reference, validate)
+        )
+        entry = OpEntry(name=name, op=op, reference=reference, validate=validate)
+        _OPS[name] = entry
+        return entry
+
+    return deco
+
+
+def register_kernel(name: str, device_type: str, fn: Callable) -> Callable:
+    """Run ``fn`` for ``gdn_fx::<name>`` on ``device_type`` (same signature as the reference)."""
+    entry = get(name)
+    entry.op.register_kernel(device_type)(_guarded(fn, entry.validate))
+    entry.kernels[device_type] = fn
+    return fn
+
+
+def get(name: str) -> OpEntry:
+    if name not in _OPS:
+        raise KeyError(f"no gdn_fx op named {name!r}; defined: {sorted(_OPS)}")
+    return _OPS[name]
+
+
+def entries() -> list[OpEntry]:
+    return list(_OPS.values())
