@@ -135,10 +135,11 @@ def build_metadata(
             )
         if not 1 <= r.num_accepted_tokens <= width:
             raise ValueError(f"requests[{i}].num_accepted_tokens must be in [1, {width}], got {r.num_accepted_tokens}")
-        if not 1 <= len(slots) <= width or (num_spec and r.is_decode and len(slots) != width):
+        # a decode reads checkpoint num_accepted_tokens - 1 and writes one checkpoint per new token
+        need = max(r.num_new_tokens, r.num_accepted_tokens) if r.is_decode else 1
+        if not need <= len(slots) <= width:
             raise ValueError(
-                f"requests[{i}].slots must hold {'1 or ' if num_spec else ''}{width} slot(s)"
-                f"{' (speculative decodes need all ' + str(width) + ')' if num_spec else ''}, got {slots}"
+                f"requests[{i}].slots must hold between {need} and 1 + num_spec = {width} slots, got {slots}"
             )
         for s in slots:
             if not 0 <= s < num_slots:

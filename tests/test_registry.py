@@ -1,0 +1,57 @@
+"""Every kernel registered for an op matches the op's reference; the reference runs everywhere else."""
+
+import pytest
+import torch
+
+from gdn_fx.ops import registry
+from tests.cases import op_args
+
+PAIRS = [(e.name, dev) for e in registry.entries() for dev in e.kernels]
+
+
+def _devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("name", [e.name for e in registry.entries()])
+def test_backend_names(name):
+    entry = registry.get(name)
+    for dev in _devices():
+        assert entry.backend(dev) == ("reference" if dev not in entry.kernels else entry.backend(dev))
+    assert entry.qualname == f"gdn_fx::{name}"
+
+
+def _run(name, args):
+    out = getattr(torch.ops.gdn_fx, name)(*args)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return out, tensors
+
+
+@pytest.mark.parametrize("name,device", PAIRS or [pytest.param(None, None, marks=pytest.mark.skip("no kernels"))])
+def test_kernel_matches_reference(name, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    entry = registry.get(name)
+    for seed in range(3):
+        args = op_args(name, device=device, seed=seed)
+        ref_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        out = getattr(torch.ops.gdn_fx, name)(*args)
+        ref = entry.reference(*ref_args)
+        for got, want in zip(torch.utils._pytree.tree_leaves((out, args)), torch.utils._pytree.tree_leaves((ref, ref_args))):
+            if isinstance(got, torch.Tensor):
+                torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", [e.name for e in registry.entries()])
+def test_every_op_runs_on_cuda_like_on_cpu(name):
+    """Same arguments on cuda and cpu give the same results (reference or kernel on cuda)."""
+    cpu = op_args(name, device="cpu")
+    gpu = op_args(name, device="cuda")
+    out_c = getattr(torch.ops.gdn_fx, name)(*cpu)
+    out_g = getattr(torch.ops.gdn_fx, name)(*gpu)
+    leaves_c = torch.utils._pytree.tree_leaves((out_c, cpu))
+    leaves_g = torch.utils._pytree.tree_leaves((out_g, gpu))
+    for c, g in zip(leaves_c, leaves_g):
+        if isinstance(c, torch.Tensor) and c.device.type == "cpu" and g.device.type == "cuda":
+            torch.testing.assert_close(g.cpu(), c, rtol=2e-3, atol=2e-3)
