@@ -24,17 +24,21 @@ def _rand_qkv(T, NK, NV, DK, DV, dtype, gen):
     return q, k, v, g, beta
 
 
+def _to(device, *ts):
+    return [t.to(device) for t in ts]
+
+
 def _rel(x, ref):
     return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 @pytest.mark.parametrize("neg", [False, True], ids=["beta", "neg_eigval"])
-def test_gating_matches_oracle(neg):
+def test_gating_matches_oracle(neg, device):
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(63, 6, generator=gen) * 15  # reaches the softplus threshold
     b = torch.randn(63, 6, generator=gen)
     A_log, dt_bias = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
-    g, beta = ops.gating(a, b, A_log, dt_bias, allow_neg_eigval=neg)
+    g, beta = (t.cpu() for t in ops.gating(*_to(device, a, b, A_log, dt_bias), allow_neg_eigval=neg))
     g_ref, beta_ref = oracle.gating(a, b, A_log, dt_bias, neg)
     assert g.dtype == beta.dtype == torch.float32
     torch.testing.assert_close(g.double(), g_ref, rtol=1e-6, atol=1e-6)
@@ -53,7 +57,7 @@ CHUNK_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("lens,NK,R,DK,DV", CHUNK_CASES, ids=lambda c: str(c).replace(" ", ""))
-def test_chunk_matches_oracle(lens, NK, R, DK, DV, dtype):
+def test_chunk_matches_oracle(lens, NK, R, DK, DV, dtype, device):
     gen = torch.Generator().manual_seed(len(lens) * 7 + R)
     NV, T = NK * R, sum(lens)
     q, k, v, g, beta = _rand_qkv(T, NK, NV, DK, DV, dtype, gen)
@@ -64,9 +68,12 @@ def test_chunk_matches_oracle(lens, NK, R, DK, DV, dtype):
     before = pool.clone()
     slots = list(range(num_slots))[::-1][: len(lens)]  # shuffled, not 0..N-1
     init = [i % 2 == 1 for i in range(len(lens))]  # mix fresh and continued sequences
+    pool_d = pool.to(device)
     o = ops.chunk_gated_delta_rule(
-        q, k, v, g, beta, pool, _qsl(lens), torch.tensor(slots, dtype=torch.int32), torch.tensor(init)
-    )
+        *_to(device, q, k, v, g, beta), pool_d, *_to(device, _qsl(lens), torch.tensor(slots, dtype=torch.int32),
+                                                   torch.tensor(init))
+    ).cpu()
+    pool = pool_d.cpu()
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     s = 0
     for i, n in enumerate(lens):
@@ -81,7 +88,7 @@ def test_chunk_matches_oracle(lens, NK, R, DK, DV, dtype):
 
 
 @pytest.mark.parametrize("R", [1, 2, 3, 4, 8])
-def test_recurrent_decode_and_spec_match_oracle(R):
+def test_recurrent_decode_and_spec_match_oracle(R, device):
     """Two plain decodes, one 3-token verification continuing from its 2nd checkpoint, one padding row."""
     gen = torch.Generator().manual_seed(R)
     NK, DK, DV = 2, 24, 40
@@ -94,7 +101,9 @@ def test_recurrent_decode_and_spec_match_oracle(R):
     idx = torch.tensor([[4, NULL_SLOT, NULL_SLOT], [0, 7, 2], [NULL_SLOT] * 3, [5, NULL_SLOT, NULL_SLOT]],
                        dtype=torch.int32)
     acc = torch.tensor([1, 2, 1, 1], dtype=torch.int32)
-    o = ops.recurrent_gated_delta_rule(q, k, v, g, beta, pool, _qsl(lens), idx, acc)
+    pool_d = pool.to(device)
+    o = ops.recurrent_gated_delta_rule(*_to(device, q, k, v, g, beta), pool_d, *_to(device, _qsl(lens), idx, acc)).cpu()
+    pool = pool_d.cpu()
     # plain decode: in place
     o_ref, st = oracle.delta_rule(q[:1], k[:1], v[:1], g[:1], beta[:1], before[4], DK**-0.5)
     assert _rel(o[:1], o_ref) < 2e-6 and _rel(pool[4], st[-1]) < 2e-6
@@ -131,7 +140,7 @@ def test_chunk_equals_recurrent_token_by_token():
 
 
 @pytest.mark.parametrize("D,W", [(24, 4), (7, 3)])
-def test_conv_prefill_matches_oracle(D, W):
+def test_conv_prefill_matches_oracle(D, W, device):
     gen = torch.Generator().manual_seed(D)
     lens = [63, 2, 9]
     x = torch.randn(sum(lens), D, generator=gen)
@@ -139,8 +148,10 @@ def test_conv_prefill_matches_oracle(D, W):
     pool = torch.randn(5, D, W - 1 + 2, generator=gen)  # room for 2 speculative tokens
     before = pool.clone()
     slots, init = [3, NULL_SLOT, 0], [True, True, False]
-    y = ops.causal_conv1d_prefill(x, weight, bias, pool, _qsl(lens), torch.tensor(slots, dtype=torch.int32),
-                                  torch.tensor(init))
+    pool_d = pool.to(device)
+    y = ops.causal_conv1d_prefill(*_to(device, x, weight, bias), pool_d,
+                                  *_to(device, _qsl(lens), torch.tensor(slots, dtype=torch.int32), torch.tensor(init))).cpu()
+    pool = pool_d.cpu()
     s = 0
     for i, n in enumerate(lens):
         if slots[i] == NULL_SLOT:
