@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one script the device machine runs: environment, GPU tests, benchmarks. Results land in $OUT.
+#   device.run: bash tools/gpu_check.sh [tests|bench|all]   (carry .whl for wheels the image lacks)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gdn_fx_out}
+mkdir -p "$OUT"
+what=${1:-all}
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+python3 - <<'PY' 2>&1 | tee "$OUT/env.txt"
+import torch, triton, transformers
+p = torch.cuda.get_device_properties(0)
+print(f"torch {torch.__version__} triton {triton.__version__} transformers {transformers.__version__}")
+print(f"device {p.name} sms={p.multi_processor_count} mem={p.total_memory / 2**30:.0f}GiB")
+PY
+status=0
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  # the device-parametrized tests (ops, layers) on cuda, then every gpu-marked test
+  GDN_FX_TEST_DEVICE=cuda python3 -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+  status=$((status | ${PIPESTATUS[0]}))
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  for b in bench/bench_*.py; do
+    [ -e "$b" ] || continue
+    python3 "$b" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+    status=$((status | ${PIPESTATUS[0]}))
+  done
+fi
+exit $status
