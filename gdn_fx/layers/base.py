@@ -1,0 +1,239 @@
+"""The Gated DeltaNet layer shared by every model family.
+
+A variant only says how the input projections are laid out (``project``) and how
+the transformers checkpoint maps onto them; the rest (core op, gated norm, output
+projection, state pools, tensor-parallel slicing) lives here.
+"""
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+import gdn_fx.ops
+from gdn_fx.layers.norm import RMSNormGated
+from gdn_fx.metadata import GDNMetadata, Request, build_metadata
+
+
+class GatedDeltaNet(nn.Module):
+    """One GDN layer, holding the heads of tensor-parallel rank ``tp_rank`` of ``tp_size``.
+
+    Constructor head counts are the model's totals; the attributes (num_k_heads,
+    num_v_heads, key_dim, value_dim, conv_dim) are this rank's. ``out_proj`` is
+    row-parallel: with tp_size > 1 each rank returns a partial sum, and the caller
+    all-reduces.
+
+    Parameters: conv_weight: [conv_dim, W] (transformers stores [conv_dim, 1, W]);
+    A_log, dt_bias: [NV]; norm.weight: [DV]; out_proj.weight: [hidden, value_dim].
+
+    Inference only: ``gdn_fx::gdn_core`` has no autograd formula, so no gradient reaches the
+    input projections, conv or gating parameters.
+    """
+
+    # transformers names of the output norm and projection (OLMo-Hybrid differs)
+    hf_norm_key = "norm.weight"
+    hf_out_proj_key = "out_proj.weight"
+
+    def __init__(
+        self, *, hidden_size: int, num_k_heads: int, num_v_heads: int, head_k_dim: int, head_v_dim: int,
+        conv_kernel_size: int = 4, norm_eps: float = 1e-6, allow_neg_eigval: bool = False,
+        tp_size: int = 1, tp_rank: int = 0, device=None, dtype=None,
+    ):
+        super().__init__()
+        if num_v_heads % num_k_heads != 0:
+            raise ValueError(f"num_v_heads={num_v_heads} must be a multiple of num_k_heads={num_k_heads}")
+        if tp_size < 1 or num_k_heads % tp_size != 0 or num_v_heads % tp_size != 0:
+            raise ValueError(
+                f"tp_size={tp_size} must divide both num_k_heads={num_k_heads} and num_v_heads={num_v_heads}"
+            )
+        if not 0 <= tp_rank < tp_size:
+            raise ValueError(f"tp_rank={tp_rank} must lie in [0, tp_size={tp_size})")
+        self.hidden_size = hidden_size
+        self.tp_size = tp_size
+        self.tp_rank = tp_rank
+        self.num_k_heads = num_k_heads // tp_size
+        self.num_v_heads = num_v_heads // tp_size
+        self.head_k_dim = head_k_dim
+        self.head_v_dim = head_v_dim
+        self.conv_kernel_size = conv_kernel_size
+        self.allow_neg_eigval = allow_neg_eigval
+        self.key_dim = self.num_k_heads * head_k_dim
+        self.value_dim = self.num_v_heads * head_v_dim
+        self.conv_dim = 2 * self.key_dim + self.value_dim
+
+        factory = {"device": device, "dtype": dtype}
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, conv_kernel_size, **factory))
+        self.register_parameter("conv_bias", None)  # no GDN checkpoint has one; the op accepts it
+        self.A_log = nn.Parameter(torch.empty(self.num_v_heads, **factory))
+        self.dt_bias = nn.Parameter(torch.empty(self.num_v_heads, **factory))
+        self.norm = RMSNormGated(head_v_dim, eps=norm_eps, **factory)
+        self.out_proj = nn.Linear(self.value_dim, hidden_size, bias=False, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialises the core parameters (checkpoints overwrite them; the projections init themselves)."""
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(self.conv_kernel_size)
+            self.conv_weight.uniform_(-bound, bound)
+            self.A_log.uniform_(1.0, 16.0).log_()
+            self.dt_bias.fill_(1.0)
+
+    def extra_repr(self) -> str:
+        return (f"hidden_size={self.hidden_size}, heads k/v={self.num_k_heads}/{self.num_v_heads}, "
+                f"head dims k/v={self.head_k_dim}/{self.head_v_dim}, conv_kernel_size={self.conv_kernel_size}, "
+                f"allow_neg_eigval={self.allow_neg_eigval}, tp={self.tp_rank}/{self.tp_size}")
+
+    # ---- variant hooks ------------------------------------------------------------------------
+
+    def project(self, hidden_states: torch.Tensor):
+        """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim] (channels [q, k, v], heads in order),
+        z: [T, NV, DV], b: [T, NV], a: [T, NV]. Plain PyTorch only: a compiler pass matches this glue."""
+        raise NotImplementedError
+
+    def _hf_projection_shapes(self) -> dict[str, tuple[int, ...]]:
+        """transformers key -> full (all ranks) shape, for the variant's input projections."""
+        raise NotImplementedError
+
+    def _convert_projections(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """transformers tensors (shapes checked) -> this rank's projection parameters, by our names."""
+        raise NotImplementedError
+
+    @classmethod
+    def _hf_config_kwargs(cls, config) -> dict:
+        """Constructor kwargs from a transformers config of this variant's family."""
+        return {
+            "hidden_size": config.hidden_size,
+            "num_k_heads": config.linear_num_key_heads,
+            "num_v_heads": config.linear_num_value_heads,
+            "head_k_dim": config.linear_key_head_dim,
+            "head_v_dim": config.linear_value_head_dim,
+            "conv_kernel_size": config.linear_conv_kernel_dim,
+            "norm_eps": config.rms_norm_eps,
+        }
+
+    # ---- serving ------------------------------------------------------------------------------
+
+    def forward_serving(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor, meta: GDNMetadata
+    ) -> torch.Tensor:
+        """hidden_states: [T, hidden] packed as ``meta`` says -> [T, hidden] (a partial sum when tp_size > 1).
+
+        conv_state: [S, conv_dim, W-1+num_spec] and ssm_state: [S, NV, DK, DV] are updated in place.
+        """
+        mixed_qkv, z, b, a = self.project(hidden_states)
+        core_attn_out = torch.empty(
+            hidden_states.shape[0], self.num_v_heads, self.head_v_dim, dtype=mixed_qkv.dtype, device=mixed_qkv.device
+        )
+        gdn_fx.ops.gdn_core(
+            mixed_qkv, b, a, self.conv_weight, self.conv_bias, self.A_log, self.dt_bias, conv_state, ssm_state,
+            core_attn_out, meta, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim,
+            allow_neg_eigval=self.allow_neg_eigval,
+        )
+        o = self.norm(core_attn_out, z)
+        o = rearrange(o, "t h d -> t (h d)")
+        return self.out_proj(o)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states: [B, L, hidden] -> [B, L, hidden]: B fresh sequences, no cache (as transformers'
+        forward without cache_params), run through the serving path on temporary state pools."""
+        B, L, _ = hidden_states.shape
+        device = hidden_states.device
+        conv_state, ssm_state = self.allocate_state(B, device=device, conv_dtype=hidden_states.dtype)
+        meta = build_metadata([Request(L, slots=i) for i in range(B)], num_slots=B, device=device)
+        out = self.forward_serving(rearrange(hidden_states, "b l d -> (b l) d"), conv_state, ssm_state, meta)
+        return rearrange(out, "(b l) d -> b l d", b=B)
+
+    def allocate_state(
+        self, num_slots: int, *, num_spec: int = 0, device=None, conv_dtype=None, ssm_dtype=torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed pools: conv_state: [S, conv_dim, W-1+num_spec] (the extra columns keep the inputs of
+        draft tokens), ssm_state: [S, NV, DK, DV]. Defaults: the parameters' device and dtype."""
+        device = self.conv_weight.device if device is None else device
+        conv_dtype = self.conv_weight.dtype if conv_dtype is None else conv_dtype
+        conv_state = torch.zeros(
+            num_slots, self.conv_dim, self.conv_kernel_size - 1 + num_spec, device=device, dtype=conv_dtype
+        )
+        ssm_state = torch.zeros(
+            num_slots, self.num_v_heads, self.head_k_dim, self.head_v_dim, device=device, dtype=ssm_dtype
+        )
+        return conv_state, ssm_state
+
+    # ---- transformers interop -----------------------------------------------------------------
+
+    @classmethod
+    def from_hf_config(cls, config, *, tp_size: int = 1, tp_rank: int = 0, device=None, dtype=None, **kwargs):
+        """Builds the layer from a transformers config (a multimodal config gives its text config).
+
+        ``kwargs`` go to the variant's constructor. Raises ValueError when tp_size does not divide
+        the head counts or the conv activation is not SiLU (the core op fuses SiLU).
+        """
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        act = getattr(config, "hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise ValueError(f"config.hidden_act={act!r}: the GDN conv activation must be silu")
+        return cls(**cls._hf_config_kwargs(config), tp_size=tp_size, tp_rank=tp_rank, device=device, dtype=dtype,
+                   **kwargs)
+
+    def hf_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every key of the transformers GDN module's state dict, with its full (all ranks) shape."""
+        nv = self.num_v_heads * self.tp_size
+        return {
+            **self._hf_projection_shapes(),
+            "conv1d.weight": (self.conv_dim * self.tp_size, 1, self.conv_kernel_size),
+            "A_log": (nv,),
+            "dt_bias": (nv,),
+            self.hf_norm_key: (self.head_v_dim,),
+            self.hf_out_proj_key: (self.hidden_size, self.value_dim * self.tp_size),
+        }
+
+    def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Loads the state dict of the transformers GDN module itself (``layer.linear_attn.state_dict()``).
+
+        Keys must be relative to that module ("conv1d.weight", "A_log", ...): strip the model's prefix
+        (e.g. "model.layers.0.linear_attn.") first. Takes this rank's heads and fuses projections as the
+        variant wants. Raises ValueError naming missing or unknown keys, or a key whose shape is wrong.
+        """
+        expected = self.hf_shapes()
+        missing = sorted(expected.keys() - state_dict.keys())
+        unknown = sorted(state_dict.keys() - expected.keys())
+        if missing or unknown:
+            raise ValueError(
+                f"{type(self).__name__}.load_hf_state_dict: missing keys {missing}, unknown keys {unknown} "
+                "(keys must be relative to the GDN module)"
+            )
+        for key, shape in expected.items():
+            got = tuple(state_dict[key].shape)
+            if got != shape:
+                raise ValueError(f"state_dict[{key!r}] must have shape {list(shape)}, got {list(got)}")
+        sd = state_dict
+        params = {
+            **self._convert_projections(sd),
+            "conv_weight": self._qkv_rows(sd["conv1d.weight"][:, 0]),
+            "A_log": self._head_rows(sd["A_log"]),
+            "dt_bias": self._head_rows(sd["dt_bias"]),
+            "norm.weight": sd[self.hf_norm_key],
+            "out_proj.weight": self._value_rows(sd[self.hf_out_proj_key].t()).t(),
+        }
+        self.load_state_dict(params, strict=True)
+
+    # ---- tensor-parallel slicing of full (all ranks) tensors along dim 0 -----------------------
+
+    def _head_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """t: [NV_total, ...] -> this rank's [NV, ...]."""
+        return t[self.tp_rank * self.num_v_heads : (self.tp_rank + 1) * self.num_v_heads]
+
+    def _key_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """t: [NK_total * DK, ...] -> this rank's [key_dim, ...]."""
+        return t[self.tp_rank * self.key_dim : (self.tp_rank + 1) * self.key_dim]
+
+    def _value_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """t: [NV_total * DV, ...] -> this rank's [value_dim, ...]."""
+        return t[self.tp_rank * self.value_dim : (self.tp_rank + 1) * self.value_dim]
+
+    def _qkv_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """t: [conv_dim_total, ...] laid out [q, k, v] -> this rank's [conv_dim, ...], same layout."""
+        kd, vd = self.key_dim * self.tp_size, self.value_dim * self.tp_size
+        q, k, v = torch.split(t, [kd, kd, vd])
+        return torch.cat([self._key_rows(q), self._key_rows(k), self._value_rows(v)])
