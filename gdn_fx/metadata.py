@@ -44,10 +44,11 @@ class Request:
 
 @dataclasses.dataclass
 class GDNMetadata:
-    """Device tensors describing one packed batch (N sequences, T tokens).
+    """Device tensors describing one packed batch of T tokens, one row per token: the first rows
+    are the sequences (decodes, then prefills, then padding), the rest zero-token NULL_SLOT rows.
 
-    query_start_loc: [N+1] int32; state_indices: [N, 1 + num_spec] int32
-    (NULL_SLOT where unused); has_initial_state: [N] bool; num_accepted_tokens: [N] int32;
+    query_start_loc: [T+1] int32; state_indices: [T, 1 + num_spec] int32
+    (NULL_SLOT where unused); has_initial_state: [T] bool; num_accepted_tokens: [T] int32;
     counts: CPU int64 (num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens).
     """
 
@@ -173,6 +174,14 @@ def build_metadata(
         accepted += [1] * pad
         if np_ == 0:
             nd, ndt = nd + pad, ndt + pad
+    # One row per token: zero-token NULL_SLOT rows fill the per-sequence tensors up to T, so every
+    # dynamic size is T or T + 1 (one symbol under torch.compile, whatever the mix or the number
+    # of sequences: no recompilation, no sizes tied together by chance).
+    fill = sum(lens) - len(lens)
+    rows += [[NULL_SLOT] * width] * fill
+    lens += [0] * fill
+    init += [False] * fill
+    accepted += [1] * fill
     qsl = torch.zeros(len(lens) + 1, dtype=torch.int32)
     qsl[1:] = torch.tensor(lens, dtype=torch.int32).cumsum(0)
     meta = GDNMetadata(

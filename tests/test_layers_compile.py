@@ -13,8 +13,8 @@ HIDDEN = 48  # conftest's hidden size
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 # Batches over one pool of 11 slots: [(slot, num_computed_tokens, num_new_tokens)], decodes first.
-# Sizes of the first batch stay clear of every other dynamic size it brings (duck sizing would
-# tie equal sizes together and recompile when they part): N=5, T=67, W-1=3, NV=4, ...
+# Metadata has one row per token, so T is the only dynamic size; run in both orders (a decode-only
+# first batch used to tie N to T).
 BATCHES = [
     [(3, 0, 13), (9, 0, 7), (0, 0, 21), (6, 0, 9), (2, 0, 17)],  # prefills only
     [(9, 7, 1), (0, 21, 1), (3, 13, 1), (6, 9, 1)],  # decodes only
@@ -23,15 +23,16 @@ BATCHES = [
 ]
 
 
+@pytest.mark.parametrize("order", [1, -1], ids=["prefill_first", "decode_first"])
 @pytest.mark.parametrize("ratio", [2], ids=lambda r: f"R{r}")
-def test_forward_serving_compiles_once(make_layer):
+def test_forward_serving_compiles_once(make_layer, order):
     torch._dynamo.reset()  # forward_serving's code object is shared by every variant
     layer = make_layer()
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(layer.forward_serving, backend=counter, fullgraph=True, dynamic=True)
     eager_pools = tuple(p.normal_() for p in layer.allocate_state(11))
     compiled_pools = tuple(p.clone() for p in eager_pools)
-    for i, batch in enumerate(BATCHES):
+    for i, batch in enumerate(BATCHES[::order]):
         meta = build_metadata([Request(n, slot, num_computed_tokens=c) for slot, c, n in batch], num_slots=11)
         h = torch.randn(sum(n for _, _, n in batch), HIDDEN)
         want = layer.forward_serving(h, *eager_pools, meta)

@@ -15,10 +15,13 @@ def test_mixed_batch_split():
     ]
     m = build_metadata(reqs, num_slots=8, num_spec=2)
     assert m.counts.tolist() == [2, 4, 2, 26]
-    assert m.query_start_loc.tolist() == [0, 1, 4, 24, 30]
-    assert m.state_indices.tolist() == [[4, -1, -1], [5, 6, 7], [1, -1, -1], [2, -1, -1]]
-    assert m.has_initial_state.tolist() == [True, True, False, True]
-    assert m.num_accepted_tokens.tolist() == [1, 2, 1, 1]
+    assert m.query_start_loc[:5].tolist() == [0, 1, 4, 24, 30]
+    assert m.state_indices[:4].tolist() == [[4, -1, -1], [5, 6, 7], [1, -1, -1], [2, -1, -1]]
+    assert m.has_initial_state[:4].tolist() == [True, True, False, True]
+    assert m.num_accepted_tokens[:4].tolist() == [1, 2, 1, 1]
+    # one row per token: the rest are zero-token NULL_SLOT rows
+    assert m.query_start_loc.shape == (31,) and m.state_indices.shape == (30, 3)
+    assert m.query_start_loc[4:].eq(30).all() and m.state_indices[4:].eq(NULL_SLOT).all()
     assert (m.num_decodes, m.num_decode_tokens, m.num_prefills, m.num_prefill_tokens) == (2, 4, 2, 26)
     assert m.num_actual_tokens == 30
 
@@ -48,7 +51,7 @@ def test_decode_padding_keeps_counts_static():
 def test_padding_after_prefills_is_outside_the_counts():
     m = build_metadata([Request(1, 0, num_computed_tokens=2), Request(5, 1)], num_slots=2, pad_to=9)
     assert m.counts.tolist() == [1, 1, 1, 5]
-    assert m.query_start_loc.tolist() == [0, 1, 6, 7, 8, 9]
+    assert m.query_start_loc.tolist() == [0, 1, 6, 7, 8, 9, 9, 9, 9, 9]
 
 
 @pytest.mark.gpu

@@ -8,6 +8,7 @@ projection, state pools, tensor-parallel slicing) lives here.
 import math
 
 import torch
+import torch._dynamo
 from einops import rearrange
 from torch import nn
 
@@ -148,7 +149,8 @@ class GatedDeltaNet(nn.Module):
         self, num_slots: int, *, num_spec: int = 0, device=None, conv_dtype=None, ssm_dtype=torch.float32
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Zeroed pools: conv_state: [S, conv_dim, W-1+num_spec] (the extra columns keep the inputs of
-        draft tokens), ssm_state: [S, NV, DK, DV]. Defaults: the parameters' device and dtype."""
+        draft tokens), ssm_state: [S, NV, DK, DV]. Defaults: the parameters' device and dtype.
+        Both are marked static for torch.compile (a tensor attribute, no global state)."""
         device = self.conv_weight.device if device is None else device
         conv_dtype = self.conv_weight.dtype if conv_dtype is None else conv_dtype
         conv_state = torch.zeros(
@@ -157,6 +159,9 @@ class GatedDeltaNet(nn.Module):
         ssm_state = torch.zeros(
             num_slots, self.num_v_heads, self.head_k_dim, self.head_v_dim, device=device, dtype=ssm_dtype
         )
+        # Pool shapes never change: keep them out of dynamic=True's symbols (and of duck sizing).
+        for pool in (conv_state, ssm_state):
+            torch._dynamo.mark_static(pool)
         return conv_state, ssm_state
 
     # ---- transformers interop -----------------------------------------------------------------
