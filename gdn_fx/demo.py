@@ -52,7 +52,7 @@ def run(variant: str = "qwen3_next", device: str = "cpu", backend: str = "induct
     log(f"layer: {type(layer).__name__}({layer.extra_repr()}) on {device}, {dtype}")
     compiled = torch.compile(layer.forward_serving, backend=backend, fullgraph=True, dynamic=True)
     eager_pools = tuple(p.normal_() for p in layer.allocate_state(8))
-    compiled_pools = tuple(p.clone() for p in eager_pools)
+    compiled_pools = tuple(c.copy_(p) for c, p in zip(layer.allocate_state(8), eager_pools))
     worst = 0.0
     for title, batch in STEPS:
         meta = build_metadata([Request(n, s, num_computed_tokens=c) for s, c, n in batch], num_slots=8,

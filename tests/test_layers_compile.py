@@ -31,7 +31,7 @@ def test_forward_serving_compiles_once(make_layer, order):
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(layer.forward_serving, backend=counter, fullgraph=True, dynamic=True)
     eager_pools = tuple(p.normal_() for p in layer.allocate_state(11))
-    compiled_pools = tuple(p.clone() for p in eager_pools)
+    compiled_pools = tuple(c.copy_(p) for c, p in zip(layer.allocate_state(11), eager_pools))
     for i, batch in enumerate(BATCHES[::order]):
         meta = build_metadata([Request(n, slot, num_computed_tokens=c) for slot, c, n in batch], num_slots=11)
         h = torch.randn(sum(n for _, _, n in batch), HIDDEN)
