@@ -3,5 +3,6 @@
 from gdn_fx import ops
 from gdn_fx.metadata import GDNMetadata, Request, build_metadata, decode_first_order
 from gdn_fx.ops import NULL_SLOT
+from gdn_fx.backend import GdnFxBackend, make_backend
 
-__all__ = ["GDNMetadata", "NULL_SLOT", "Request", "build_metadata", "decode_first_order", "ops"]
+__all__ = ["GdnFxBackend", "GDNMetadata", "make_backend", "NULL_SLOT", "Request", "build_metadata", "decode_first_order", "ops"]

@@ -18,7 +18,7 @@ def small_config(variant: str):
         import transformers
 
         cls = {"qwen3_next": "Qwen3NextConfig", "qwen3_5": "Qwen3_5TextConfig", "olmo_hybrid": "OlmoHybridConfig"}
-        return getattr(transformers, cls[variant])(**fields, num_hidden_layers=1, num_attention_heads=4,
+        return getattr(transformers, cls[variant])(**fields, num_hidden_layers=4, num_attention_heads=4,
                                                   num_key_value_heads=4)
     except (ImportError, AttributeError, KeyError):
         return SimpleNamespace(**fields)

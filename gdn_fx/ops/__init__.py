@@ -10,6 +10,7 @@ from gdn_fx.ops.conv1d import causal_conv1d_decode, causal_conv1d_prefill
 from gdn_fx.ops.core import gdn_core
 from gdn_fx.ops.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from gdn_fx.ops.gating import gating
+from gdn_fx.ops.unpack import unpack
 
 __all__ = [
     "NULL_SLOT",
@@ -20,4 +21,5 @@ __all__ = [
     "gdn_core",
     "recurrent_gated_delta_rule",
     "registry",
+    "unpack",
 ]

@@ -1,0 +1,9 @@
+"""Inductor post-grad passes that fuse the glue around the gdn_fx ops (a class per pass)."""
+
+from gdn_fx.passes.manager import PostGradPassManager
+from gdn_fx.passes.unpack import UnpackFusionPass
+
+PASSES = {UnpackFusionPass.name: UnpackFusionPass}
+DEFAULT_PASSES = tuple(PASSES)
+
+__all__ = ["DEFAULT_PASSES", "PASSES", "PostGradPassManager", "UnpackFusionPass"]

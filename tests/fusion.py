@@ -1,0 +1,62 @@
+"""The one test backend every fusion test uses, and an opaque sink op standing in for the core op."""
+
+import collections
+
+import torch
+
+from gdn_fx.backend import GdnFxBackend
+from gdn_fx.passes import DEFAULT_PASSES
+
+
+def op_name(n: torch.fx.Node) -> str:
+    if n.target in (torch.ops.higher_order.auto_functionalized, torch.ops.higher_order.auto_functionalized_v2):
+        return str(n.args[0]).replace(".default", "")
+    return str(n.target).replace(".default", "")
+
+
+def op_counts(graph: torch.fx.Graph) -> collections.Counter:
+    return collections.Counter(op_name(n) for n in graph.nodes if n.op == "call_function")
+
+
+class RecordingBackend(GdnFxBackend):
+    """gdn_fx's backend, snapshotting each graph's op counts before and after the passes."""
+
+    def __init__(self, passes=DEFAULT_PASSES):
+        self.before: list[collections.Counter] = []
+        self.after: list[collections.Counter] = []
+        self.graphs_after: list[str] = []
+        super().__init__(passes, snapshot=self._snap)
+
+    def _snap(self, when, graph):
+        if when == "before":
+            self.before.append(op_counts(graph))
+        else:
+            self.after.append(op_counts(graph))
+            self.graphs_after.append(str(graph))
+
+
+@torch.library.custom_op("gdn_fx_test::sink", mutates_args=())
+def sink(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Opaque consumer: returns copies of its inputs (what it received, bit for bit)."""
+    return [x.clone() for x in xs]
+
+
+@sink.register_fake
+def _(xs):
+    return [torch.empty_like(x) for x in xs]
+
+
+def compile_fresh(fn, backend, **kwargs):
+    """torch.compile with a dynamic token dim that never reads Inductor's caches (a cached graph
+    would skip the passes). Only dim 0 of 2-D inputs is dynamic, as for projection outputs."""
+    compiled = torch.compile(fn, backend=backend, fullgraph=True, **kwargs)
+
+    def run(*args):
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.dim() == 2 and not isinstance(a, torch.nn.Parameter):
+                torch._dynamo.mark_dynamic(a, 0)
+                torch._dynamo.mark_static(a, 1)
+        with torch._inductor.config.patch(force_disable_caches=True):
+            return compiled(*args)
+
+    return run
