@@ -50,4 +50,9 @@ def op_args(name: str, device="cpu", dtype=torch.float32, seed=0) -> tuple:
                 rnd(NV, dt=torch.float32), rnd(NV, dt=torch.float32), rnd(SLOTS, CONV_DIM, W - 1 + NUM_SPEC),
                 rnd(SLOTS, NV, DK, DV, dt=torch.float32), rnd(15, NV, DV), meta.query_start_loc, meta.state_indices,
                 meta.has_initial_state, meta.num_accepted_tokens, meta.counts, NK, DK, False)
+    if name == "unpack":
+        qkvz = rnd(13, 2 * NK * DK + 2 * NV * DV + 3)[:, 3:]  # strided rows
+        ba = rnd(13, 2 * NV)
+        segments = [0, 0, DK, 0, 2 * DK + 2 * R * DV, DK, 1, 0, 2, 1, 4, 2, 0, DK, DK]
+        return ([qkvz, ba], segments, [2 * DK, 4, DK])
     raise KeyError(name)

@@ -1,0 +1,42 @@
+"""On the GPU: one layer's glue is one kernel with the passes, several without."""
+
+import pytest
+import torch
+
+from tests.fusion import RecordingBackend, compile_fresh, cuda_kernels
+from tests.test_unpack_fusion import GLUES, GROUP, NK, NV, next_split
+
+pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+def _consumed(glue):
+    return lambda x: torch.ops.gdn_fx_test.consume(list(glue(x[:, : NK * GROUP], x[:, NK * GROUP :])))
+
+
+@pytest.mark.parametrize("glue", GLUES, ids=lambda g: g.__name__)
+def test_glue_is_one_kernel(glue):
+    torch._dynamo.reset()
+    x = torch.randn(257, NK * GROUP + 2 * NV, device="cuda", dtype=torch.bfloat16)
+    fused = compile_fresh(_consumed(glue), RecordingBackend())
+    names = cuda_kernels(fused, x)
+    assert len(names) == 1 and "unpack" in names[0], names
+    torch._dynamo.reset()
+    plain = compile_fresh(_consumed(glue), RecordingBackend(passes=()))
+    assert len(cuda_kernels(plain, x)) >= 1
+
+
+def test_qwen3_next_layer_glue_kernels():
+    """In a whole compiled Qwen3-Next layer the glue before the core op is the one unpack launch."""
+    from gdn_fx import Request, build_metadata
+    from gdn_fx.demo import random_layer
+
+    torch._dynamo.reset()
+    layer = random_layer("qwen3_next", "cuda", torch.bfloat16)
+    rec = RecordingBackend()
+    step = compile_fresh(layer.forward_serving, rec, dynamic=True)
+    pools = layer.allocate_state(8)
+    meta = build_metadata([Request(1, s, num_computed_tokens=4) for s in range(8)], num_slots=8, device="cuda")
+    h = torch.randn(8, layer.hidden_size, device="cuda", dtype=torch.bfloat16)
+    names = cuda_kernels(lambda: step(h, *pools, meta))
+    assert rec.match_counts["unpack"] == 1
+    assert sum("unpack" in n for n in names) == 1, names
