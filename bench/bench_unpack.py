@@ -1,0 +1,98 @@
+"""Benchmark: one Qwen3-Next layer's unpack glue (hidden 2048, 16/32 heads, head dims 128, bf16).
+
+Variants, measured in one run on projection outputs qkvz [T, 12288] and ba [T, 64]
+(one [T, 12352] buffer, as two GEMMs of one hidden_states write them), every
+output (mixed_qkv, z, b, a) handed to an opaque op that reads them:
+  eager            the transformers spelling, run eagerly
+  stock_compile    the same function under torch.compile (Inductor, no gdn_fx pass)
+  flatten_cat      vLLM's hand-contorted flatten-cat-slice form, under stock torch.compile
+  gdn_fx           the transformers spelling under torch.compile(backend=gdn_fx)
+Reports kernels per call, CUDA-graph replay time, and the fraction of the copy
+bandwidth measured in the same run (floor = bytes read + written / bandwidth).
+
+    python bench/bench_unpack.py --out bench/results
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import copy_bandwidth, device_info, graph_time, kernel_names, save  # noqa: E402
+from gdn_fx.backend import make_backend  # noqa: E402
+from tests.fusion import consume  # noqa: E402,F401  (registers gdn_fx_test::consume)
+
+NK, NV, DK, DV = 16, 32, 128, 128
+R = NV // NK
+QKVZ, BA = 2 * NK * DK + 2 * NV * DV, 2 * NV
+TOKENS = (1, 32, 256, 4096, 16384)
+
+
+def glue(x):
+    """The transformers spelling (fix_query_key_value_ordering + cat)."""
+    T = x.shape[0]
+    q, k, v, z = torch.split(x[:, :QKVZ].view(T, NK, -1), [DK, DK, R * DV, R * DV], dim=-1)
+    b, a = torch.split(x[:, QKVZ:].view(T, NK, 2 * R), [R, R], dim=-1)
+    mixed = torch.cat([q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)], dim=-1)
+    return mixed, z.reshape(T, NV, DV), b.reshape(T, NV), a.reshape(T, NV)
+
+
+def flatten_cat(x):
+    """The hand-written form: flatten everything into one cat, then slice views back out."""
+    T = x.shape[0]
+    q, k, v, z = torch.split(x[:, :QKVZ].view(T, NK, -1), [DK, DK, R * DV, R * DV], dim=-1)
+    b, a = torch.split(x[:, QKVZ:].view(T, NK, 2 * R), [R, R], dim=-1)
+    flat = torch.cat([torch.cat([q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)], -1).reshape(-1),
+                      z.reshape(-1), b.reshape(-1), a.reshape(-1)])
+    n_qkv, n_z = T * (2 * NK * DK + NV * DV), T * NV * DV
+    return (flat[:n_qkv].view(T, -1), flat[n_qkv : n_qkv + n_z].view(T, NV, DV),
+            flat[n_qkv + n_z : n_qkv + n_z + T * NV].view(T, NV), flat[n_qkv + n_z + T * NV :].view(T, NV))
+
+
+def consumed(fn):
+    return lambda x: torch.ops.gdn_fx_test.consume(list(fn(x)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--tokens", type=int, nargs="*", default=list(TOKENS))
+    args = ap.parse_args()
+    bw = copy_bandwidth()
+    rows = []
+    for T in args.tokens:
+        x = torch.randn(T, QKVZ + BA, device="cuda", dtype=torch.bfloat16)
+        floor = 2 * x.numel() * x.element_size() / bw  # every element read once and written once
+        backend = make_backend()
+        variants = {
+            "eager": lambda: consumed(glue)(x),
+            "stock_compile": torch.compile(consumed(glue), dynamic=False),
+            "flatten_cat": torch.compile(consumed(flatten_cat), dynamic=False),
+            "gdn_fx": torch.compile(consumed(glue), backend=backend, dynamic=False),
+        }
+        ref = glue(x)
+        for name, fn in variants.items():
+            call = fn if name == "eager" else (lambda fn=fn: fn(x))
+            if name == "gdn_fx":  # the fused outputs, bit for bit
+                got = torch.compile(lambda x: torch.ops.gdn_fx_test.sink(list(glue(x))), backend=make_backend(),
+                                    dynamic=False)(x)
+                assert all(torch.equal(g, w) for g, w in zip(got, ref))
+            kernels = kernel_names(call)
+            t = graph_time(call)
+            rows.append({"T": T, "variant": name, "kernels": len(kernels), "us": t * 1e6,
+                         "bandwidth_pct": 100 * floor / t, "floor_us": floor * 1e6,
+                         "kernel_names": kernels[:8]})
+            print(f"T={T:6d} {name:14s} kernels={len(kernels)} {t * 1e6:9.1f} us  "
+                  f"{100 * floor / t:5.1f}% of copy bw (floor {floor * 1e6:.1f} us)", flush=True)
+        assert backend.match_counts["unpack"] >= 1
+    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "shape": {"NK": NK, "NV": NV, "DK": DK, "DV": DV},
+               "rows": rows}
+    print("wrote", save(args.out, "unpack.json", payload))
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
+
+
+if __name__ == "__main__":
+    main()

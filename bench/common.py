@@ -1,0 +1,64 @@
+"""Timing helpers shared by the benchmarks: copy bandwidth, CUDA-graph replay time, kernel counts."""
+
+import json
+import os
+import statistics
+
+import torch
+
+
+def copy_bandwidth(nbytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    src = torch.randn(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    t = graph_time(lambda: dst.copy_(src), reps=20)
+    return 2 * src.numel() * 4 / t
+
+
+def graph_time(fn, reps: int = 200, warmup: int = 3) -> float:
+    """Median seconds of one replay of ``fn`` captured in a CUDA graph (fn must be capturable)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(times)
+
+
+def kernel_names(fn) -> list[str]:
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def device_info() -> dict:
+    p = torch.cuda.get_device_properties(0)
+    import triton
+
+    return {"device": p.name, "torch": torch.__version__, "triton": triton.__version__}
+
+
+def save(out_dir: str, name: str, payload: dict) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    return path
