@@ -11,12 +11,13 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
     src = torch.randn(nbytes // 4, device="cuda")
     dst = torch.empty_like(src)
-    t = graph_time(lambda: dst.copy_(src), reps=20)
+    t = graph_time(lambda: dst.copy_(src), reps=5, inner=5)
     return 2 * src.numel() * 4 / t
 
 
-def graph_time(fn, reps: int = 200, warmup: int = 3) -> float:
-    """Median seconds of one replay of ``fn`` captured in a CUDA graph (fn must be capturable)."""
+def graph_time(fn, reps: int = 20, inner: int = 50, warmup: int = 3) -> float:
+    """Seconds per replay of ``fn`` captured in a CUDA graph: the median over ``reps`` timings of
+    ``inner`` back-to-back replays (fn must be capturable)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -33,10 +34,11 @@ def graph_time(fn, reps: int = 200, warmup: int = 3) -> float:
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        g.replay()
+        for _ in range(inner):
+            g.replay()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
+        times.append(a.elapsed_time(b) / 1e3 / inner)
     return statistics.median(times)
 
 

@@ -211,3 +211,15 @@ def test_property_qwen3_next_unpack(nk, r, dk, dv, t):
         qkvz, ba = torch.randn(T, nk * group), torch.randn(T, 2 * nk * r)
         assert all(torch.equal(g, w) for g, w in zip(fn(qkvz, ba), glue(qkvz, ba)))
     assert rec.match_counts["unpack"] == 1
+
+
+@pytest.mark.parametrize("T", [1, 6])
+def test_static_token_count_fuses(T):
+    """A graph specialized to one token count (dynamic=False, T=1 decode included) fuses too."""
+    rec = RecordingBackend()
+    fn = torch.compile(_sinked(next_split), backend=rec, dynamic=False)
+    x = torch.randn(T, NK * GROUP + 2 * NV)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        got = fn(x)
+    assert all(torch.equal(g, w) for g, w in zip(got, next_split(x[:, : NK * GROUP], x[:, NK * GROUP :])))
+    assert rec.match_counts["unpack"] == 1

@@ -34,7 +34,8 @@ def test_bad_layouts_raise(segments, widths, words):
 
 
 CHECK = textwrap.dedent("""
-    import random, torch
+    import random, sys, torch
+    DEV = sys.argv[1]
     from gdn_fx.ops.unpack.reference import unpack_reference
     from gdn_fx.ops.unpack.triton_kernel import unpack_triton, supports
     rng = random.Random(0)
@@ -42,7 +43,7 @@ CHECK = textwrap.dedent("""
         nsrc = rng.randint(1, 3)
         T = rng.choice([1, 2, 5, 17, 63])
         dtype = rng.choice([torch.float32, torch.bfloat16])
-        srcs = [torch.randn(T, rng.randint(5, 300) + 3).to(dtype)[:, 3:] for _ in range(nsrc)]
+        srcs = [torch.randn(T, rng.randint(5, 300) + 3, device=DEV).to(dtype)[:, 3:] for _ in range(nsrc)]
         segments, widths = [], []
         for _ in range(rng.randint(1, 6)):
             s = rng.randrange(nsrc)
@@ -57,7 +58,7 @@ CHECK = textwrap.dedent("""
         assert supports(srcs, segments, widths)
         for got, want in zip(unpack_triton(srcs, segments, widths), unpack_reference(srcs, segments, widths)):
             assert got.is_contiguous() and torch.equal(got, want), case
-    x = torch.tensor([[-0.0, 1.0, float("nan")]])
+    x = torch.tensor([[-0.0, 1.0, float("nan")]], device=DEV)
     assert torch.equal(unpack_triton([x], [0, 0, 2], [2])[0].view(torch.int32), x[:, :2].view(torch.int32))
     print("kernel ok")
 """)
@@ -67,16 +68,13 @@ def test_triton_kernel_logic_interpreted():
     pytest.importorskip("triton")
     pytest.importorskip("numpy")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-c", CHECK, "cpu"], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "kernel ok" in res.stdout, res.stderr[-3000:]
 
 
 @pytest.mark.gpu
 def test_triton_kernel_on_cuda_matches_reference():
-    res = subprocess.run([sys.executable, "-c", CHECK.replace("torch.randn(T", "torch.randn(T, device='cuda'")
-                          .replace("torch.tensor([[-0.0, 1.0, float(\"nan\")]])",
-                                   "torch.tensor([[-0.0, 1.0, float(\"nan\")]], device='cuda')")],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-c", CHECK, "cuda"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "kernel ok" in res.stdout, res.stderr[-3000:]
 
 

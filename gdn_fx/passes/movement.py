@@ -109,18 +109,21 @@ class Unfit(Exception):
 
 
 def token_symbol(sources: list[Node]):
-    """The sympy symbol of the token count shared by every source's dim 0 ([T, C] sources, C static)."""
-    sym = None
+    """The token count shared by every source's dim 0 ([T, C] sources, C static): a sympy symbol
+    under dynamic shapes, or the int itself in a graph specialized to one T."""
+    t0 = None
     for s in sources:
         val = s.meta["val"]
         if val.dim() != 2 or not isinstance(val.shape[1], int):
             raise Unfit(f"source {s.name} is not [T, C] with static C: {tuple(val.shape)}")
         t = val.shape[0]
-        expr = t.node.expr if isinstance(t, torch.SymInt) else None
-        if expr is None or not expr.is_Symbol or (sym is not None and expr != sym):
-            raise Unfit(f"source {s.name} dim 0 is not the shared token symbol: {t}")
-        sym = expr
-    return sym
+        t = t.node.expr if isinstance(t, torch.SymInt) else t
+        if isinstance(t, torch.SymInt) or (not isinstance(t, int) and not t.is_Symbol):
+            raise Unfit(f"source {s.name} dim 0 is not a token count: {t}")
+        if t0 is not None and t != t0:
+            raise Unfit(f"sources disagree on the token count: {t0} and {t}")
+        t0 = t
+    return t0
 
 
 def _concrete(x, sym, T: int):
@@ -128,7 +131,7 @@ def _concrete(x, sym, T: int):
     if isinstance(x, Node):
         x = x.meta.get("val")
     if isinstance(x, torch.SymInt):
-        expr = x.node.expr.subs({sym: T})
+        expr = x.node.expr.subs({sym: T}) if not isinstance(sym, int) else x.node.expr
         if not expr.is_Integer:
             raise Unfit(f"size {x} depends on more than the token count")
         return int(expr)
@@ -182,6 +185,8 @@ def column_map(region: Region, out: Node, value: torch.Tensor, sym, T: int) -> t
 def column_maps(region: Region, outputs: list[Node], probes=(5, 11)):
     """For each output: (inner shape, per-column (source, column)); the same at every token count probed."""
     sym = token_symbol(region.sources)
+    if isinstance(sym, int):  # a graph specialized to T tokens: that T is the only one to prove
+        probes = (sym,)
     results = None
     for T in probes:
         env = evaluate(region, sym, T)
