@@ -95,10 +95,13 @@ class UnpackFusionPass:
             if sym is not None and s != sym:
                 raise movement.Unfit("regions with different token counts")
             sym = s
-            base = len(sources)
-            sources += region.sources
+            index = []  # this region's source i -> position in the fused op's sources
+            for src in region.sources:
+                if src not in sources:
+                    sources.append(src)
+                index.append(sources.index(src))
             for o, (inner, cols) in zip(outs, maps):
-                plans.append((region, o, inner, [(base + src, c) for src, c in cols]))
+                plans.append((region, o, inner, [(index[src], c) for src, c in cols]))
         pos = _position(graph)
         anchor = max(sources, key=pos)
         first_use = min((u for _, o, _, _ in plans for u in o.users), key=pos)
@@ -122,12 +125,15 @@ class UnpackFusionPass:
             item.meta["val"] = fused.meta["val"][j]
             after = item
             if len(inner) != 1:
+                t_arg = T
+                if isinstance(T, torch.SymInt):  # the view's size needs a node for a symbolic T
+                    with graph.inserting_after(after):
+                        t_arg = graph.call_function(aten.sym_size.int, (sources[0], 0))
+                    t_arg.meta["val"] = T
+                    after = t_arg
                 with graph.inserting_after(after):
-                    t_node = graph.call_function(aten.sym_size.int, (sources[0], 0))
-                t_node.meta["val"] = T
-                with graph.inserting_after(t_node):
-                    item = graph.call_function(aten.view.default, (item, [t_node, *inner]))
-                item.meta["val"] = after.meta["val"].view(T, *inner)
+                    item = graph.call_function(aten.view.default, (item, [t_arg, *inner]))
+                item.meta["val"] = fused.meta["val"][j].view(T, *inner)
                 after = item
             o.replace_all_uses_with(item, delete_user_cb=lambda u, region=region: u not in region)
         # drop the movement nodes nobody reads any more
