@@ -1,9 +1,11 @@
 """Triton unpack: every output of the glue region in one launch.
 
 Grid: (token blocks, column blocks of all outputs). A column block never crosses
-an output's edge, so each program reads one source and writes one output; the
-source column of each output column comes from a small table built once per
-layout and device. Offsets are int64 (T up to 2^20 tokens times thousands of columns).
+an output's edge, so each program reads one source and writes one output. A
+block table built once per layout and device says where each block reads: a
+contiguous run of source columns (one dependent load before the data), or, for
+runs too short to fill a block (b and a), a list of columns in a small gather
+map. Offsets are int64 (T up to 2^20 tokens times thousands of columns).
 """
 
 import functools
@@ -23,35 +25,42 @@ BLOCK_C = 128
 def _unpack_kernel(
     s0, s1, s2, s3, ss0, ss1, ss2, ss3,
     o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7,
-    blk_out, blk_src, blk_g0, blk_c0, blk_n, colmap, T,
+    table, colmap, T,
     NUM_SRC: tl.constexpr, NUM_OUT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     i_t = tl.program_id(0)
     i_b = tl.program_id(1)
-    # this block's output, source, first global column, first column in its output, width
-    o = tl.load(blk_out + i_b)
-    s = tl.load(blk_src + i_b)
-    g0 = tl.load(blk_g0 + i_b)
-    c0 = tl.load(blk_c0 + i_b)
-    n = tl.load(blk_n + i_b)
+    # this block's row of the table (one cache line): output, source, first column in the output,
+    # width, and either the first source column (a contiguous run) or, if gather=1, where its
+    # source columns start in colmap (short runs merged into one block)
+    p_row = table + i_b * 8
+    o = tl.load(p_row)
+    s = tl.load(p_row + 1)
+    c0 = tl.load(p_row + 2)
+    n = tl.load(p_row + 3)
+    start = tl.load(p_row + 4)
+    gather = tl.load(p_row + 5)
     rows = (i_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < n
     mask = (rows < T)[:, None] & cmask[None, :]
-    src_col = tl.load(colmap + g0 + cols, mask=cmask, other=0).to(tl.int64)
+    src_col = start + cols
+    if gather == 1:
+        src_col = tl.load(colmap + start + cols, mask=cmask, other=0)
+    src_col = src_col.to(tl.int64)[None, :]
     # gather the tile from the block's source (s and o are uniform per program: plain branches)
     x = tl.zeros([BLOCK_T, BLOCK_C], dtype=s0.dtype.element_ty)
     if s == 0:
-        x = tl.load(s0 + rows[:, None] * ss0 + src_col[None, :], mask=mask)
+        x = tl.load(s0 + rows[:, None] * ss0 + src_col, mask=mask)
     if NUM_SRC > 1:
         if s == 1:
-            x = tl.load(s1 + rows[:, None] * ss1 + src_col[None, :], mask=mask)
+            x = tl.load(s1 + rows[:, None] * ss1 + src_col, mask=mask)
     if NUM_SRC > 2:
         if s == 2:
-            x = tl.load(s2 + rows[:, None] * ss2 + src_col[None, :], mask=mask)
+            x = tl.load(s2 + rows[:, None] * ss2 + src_col, mask=mask)
     if NUM_SRC > 3:
         if s == 3:
-            x = tl.load(s3 + rows[:, None] * ss3 + src_col[None, :], mask=mask)
+            x = tl.load(s3 + rows[:, None] * ss3 + src_col, mask=mask)
     # store it contiguously into the block's output
     c = (c0 + cols).to(tl.int64)[None, :]
     if o == 0:
@@ -79,20 +88,33 @@ def _unpack_kernel(
             tl.store(o7 + rows[:, None] * w7 + c, x, mask=mask)
 
 
+SHORT_RUN = 32  # runs shorter than this are merged into gather blocks
+
+
 @functools.lru_cache(maxsize=256)
 def _tables(segments: tuple[int, ...], widths: tuple[int, ...], device: torch.device):
-    """Per column block (output, source, first global column, first output column, width) and the
-    source column of every output column, on ``device``. None when an output mixes sources."""
-    colmap, blocks, g = [], [], 0
+    """The block table [num_blocks, 8] int32 and the gather column map, on ``device``.
+    Blocks never cross an output's edge; long runs become contiguous blocks, short runs are
+    merged into gather blocks. None when an output mixes sources."""
+    table, colmap = [], []
     for o, runs in enumerate(runs_per_output(list(segments), list(widths))):
         if len({s for s, _, _ in runs}) != 1:
             return None
-        for _, a, n in runs:
-            colmap.extend(range(a, a + n))
-        blocks += [(o, runs[0][0], g + c0, c0, min(BLOCK_C, widths[o] - c0)) for c0 in range(0, widths[o], BLOCK_C)]
-        g += widths[o]
-    cols = torch.tensor(blocks, dtype=torch.int32).T.contiguous().to(device)
-    return (*cols, torch.tensor(colmap, dtype=torch.int32, device=device))
+        src, c, pending, pending_c0 = runs[0][0], 0, [], 0
+        for _, a, n in [*runs, (src, 0, 0)]:  # the empty run at the end flushes the last gather block
+            if 0 < n < SHORT_RUN:
+                pending_c0 = pending_c0 if pending else c
+                pending += range(a, a + n)
+            else:
+                for i in range(0, len(pending), BLOCK_C):
+                    chunk = pending[i : i + BLOCK_C]
+                    table.append([o, src, pending_c0 + i, len(chunk), len(colmap), 1, 0, 0])
+                    colmap += chunk
+                pending = []
+                table += [[o, src, c + i, min(BLOCK_C, n - i), a + i, 0, 0, 0] for i in range(0, n, BLOCK_C)]
+            c += n
+    return (torch.tensor(table, dtype=torch.int32, device=device),
+            torch.tensor(colmap or [0], dtype=torch.int32, device=device))
 
 
 def supports(sources: list[torch.Tensor], segments: list[int], widths: list[int]) -> bool:
@@ -114,15 +136,14 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     outs = [torch.empty(T, w, dtype=sources[0].dtype, device=device) for w in widths]
     if T == 0:
         return outs
-    blk_out, blk_src, blk_g0, blk_c0, blk_n, colmap = _tables(tuple(segments), tuple(widths), device)
+    table, colmap = _tables(tuple(segments), tuple(widths), device)
     src = sources + [sources[0]] * (MAX_SOURCES - len(sources))
     dst = outs + [outs[0]] * (MAX_OUTPUTS - len(outs))
     wid = list(widths) + [0] * (MAX_OUTPUTS - len(widths))
-    block_t = 16 if T >= 4096 else (4 if T >= 64 else 1)
-    grid = (triton.cdiv(T, block_t), blk_out.numel())
+    block_t = 32 if T >= 4096 else (8 if T >= 256 else (2 if T >= 8 else 1))
+    grid = (triton.cdiv(T, block_t), table.shape[0])
     _unpack_kernel[grid](
-        *src, *[s.stride(0) for s in src], *dst, *wid,
-        blk_out, blk_src, blk_g0, blk_c0, blk_n, colmap, T,
+        *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T,
         NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=BLOCK_C, num_warps=4,
     )
     return outs
