@@ -52,6 +52,30 @@ def flatten_cat(x):
             flat[n_qkv + n_z : n_qkv + n_z + T * NV].view(T, NV), flat[n_qkv + n_z + T * NV :].view(T, NV))
 
 
+def _layout(x):
+    """(segments, widths) the unpack pass derives for ``glue``, read off the compiled graph."""
+    from torch._inductor.compile_fx import compile_fx
+
+    from gdn_fx.passes import PostGradPassManager, UnpackFusionPass
+
+    seen = {}
+
+    class Grab(PostGradPassManager):
+        def __call__(self, graph):
+            super().__call__(graph)
+            for n in graph.nodes:
+                if n.target is torch.ops.gdn_fx.unpack.default:
+                    seen["layout"] = (n.args[1], n.args[2])
+
+    def backend(gm, example_inputs):
+        return compile_fx(gm, example_inputs, config_patches={"post_grad_custom_post_pass": Grab([UnpackFusionPass()])})
+
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        torch.compile(consumed(glue), backend=backend, dynamic=False)(x)
+    return seen["layout"]
+
+
 def consumed(fn):
     return lambda x: torch.ops.gdn_fx_test.consume(list(fn(x)))
 
@@ -90,8 +114,22 @@ def main():
             print(f"T={T:6d} {name:14s} kernels={len(kernels)} {t * 1e6:9.1f} us  "
                   f"{100 * floor / t:5.1f}% of copy bw (floor {floor * 1e6:.1f} us)", flush=True)
         assert backend.match_counts["unpack"] >= 1
+    # tile-height sweep of the kernel alone at the largest T (to check the launcher's choice)
+    from gdn_fx.ops.unpack.triton_kernel import unpack_triton
+
+    T = max(args.tokens)
+    x = torch.randn(T, QKVZ + BA, device="cuda", dtype=torch.bfloat16)
+    floor = 2 * x.numel() * x.element_size() / bw
+    segs, widths = _layout(x)
+    sweep = []
+    for bt in (8, 16, 32, 64):
+        for nw in (4, 8):
+            t = graph_time(lambda bt=bt, nw=nw: unpack_triton([x[:, :QKVZ], x[:, QKVZ:]], segs, widths, block_t=bt,
+                                                              num_warps=nw))
+            sweep.append({"T": T, "block_t": bt, "num_warps": nw, "us": t * 1e6, "bandwidth_pct": 100 * floor / t})
+            print(f"sweep T={T} block_t={bt:3d} warps={nw} {t * 1e6:8.1f} us {100 * floor / t:5.1f}%", flush=True)
     payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "shape": {"NK": NK, "NV": NV, "DK": DK, "DV": DV},
-               "rows": rows}
+               "rows": rows, "sweep": sweep}
     print("wrote", save(args.out, "unpack.json", payload))
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
 

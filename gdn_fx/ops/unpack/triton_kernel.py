@@ -125,8 +125,10 @@ def supports(sources: list[torch.Tensor], segments: list[int], widths: list[int]
     return _tables(tuple(segments), tuple(widths), sources[0].device) is not None
 
 
-def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list[int]) -> list[torch.Tensor]:
-    """Same contract as ``unpack_reference``; falls back to it for layouts the kernel does not take."""
+def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list[int], *, block_t: int | None = None,
+                  num_warps: int = 4) -> list[torch.Tensor]:
+    """Same contract as ``unpack_reference``; falls back to it for layouts the kernel does not take.
+    ``block_t``/``num_warps`` override the tile height and warps (for tuning in bench/)."""
     if not supports(sources, segments, widths):
         from gdn_fx.ops.unpack.reference import unpack_reference
 
@@ -140,10 +142,11 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     src = sources + [sources[0]] * (MAX_SOURCES - len(sources))
     dst = outs + [outs[0]] * (MAX_OUTPUTS - len(outs))
     wid = list(widths) + [0] * (MAX_OUTPUTS - len(widths))
-    block_t = 32 if T >= 4096 else (8 if T >= 256 else (2 if T >= 8 else 1))
+    if block_t is None:
+        block_t = 32 if T >= 4096 else (8 if T >= 256 else (2 if T >= 8 else 1))
     grid = (triton.cdiv(T, block_t), table.shape[0])
     _unpack_kernel[grid](
         *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T,
-        NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=BLOCK_C, num_warps=4,
+        NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=BLOCK_C, num_warps=num_warps,
     )
     return outs
