@@ -114,20 +114,19 @@ def main():
             print(f"T={T:6d} {name:14s} kernels={len(kernels)} {t * 1e6:9.1f} us  "
                   f"{100 * floor / t:5.1f}% of copy bw (floor {floor * 1e6:.1f} us)", flush=True)
         assert backend.match_counts["unpack"] >= 1
-    # tile-height sweep of the kernel alone at the largest T (to check the launcher's choice)
+    # tile-height sweep of the kernel alone (to check the launcher's choice)
     from gdn_fx.ops.unpack.triton_kernel import unpack_triton
 
-    T = max(args.tokens)
-    x = torch.randn(T, QKVZ + BA, device="cuda", dtype=torch.bfloat16)
-    floor = 2 * x.numel() * x.element_size() / bw
-    segs, widths = _layout(x)
     sweep = []
-    for bt in (8, 16, 32, 64):
-        for nw in (4, 8):
-            t = graph_time(lambda bt=bt, nw=nw: unpack_triton([x[:, :QKVZ], x[:, QKVZ:]], segs, widths, block_t=bt,
-                                                              num_warps=nw))
-            sweep.append({"T": T, "block_t": bt, "num_warps": nw, "us": t * 1e6, "bandwidth_pct": 100 * floor / t})
-            print(f"sweep T={T} block_t={bt:3d} warps={nw} {t * 1e6:8.1f} us {100 * floor / t:5.1f}%", flush=True)
+    for T, tiles in ((256, (1, 2, 4, 8)), (max(args.tokens), (4, 8, 16))):
+        x = torch.randn(T, QKVZ + BA, device="cuda", dtype=torch.bfloat16)
+        floor = 2 * x.numel() * x.element_size() / bw
+        segs, widths = _layout(x)
+        for bt in tiles:
+            for nw in (2, 4, 8):
+                t = graph_time(lambda bt=bt, nw=nw: unpack_triton([x], segs, widths, block_t=bt, num_warps=nw))
+                sweep.append({"T": T, "block_t": bt, "num_warps": nw, "us": t * 1e6, "bandwidth_pct": 100 * floor / t})
+                print(f"sweep T={T} block_t={bt:3d} warps={nw} {t * 1e6:8.1f} us {100 * floor / t:5.1f}%", flush=True)
     payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "shape": {"NK": NK, "NV": NV, "DK": DK, "DV": DV},
                "rows": rows, "sweep": sweep}
     print("wrote", save(args.out, "unpack.json", payload))

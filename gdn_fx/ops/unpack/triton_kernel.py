@@ -22,34 +22,9 @@ BLOCK_C = 128
 
 
 @triton.jit
-def _unpack_kernel(
-    s0, s1, s2, s3, ss0, ss1, ss2, ss3,
-    o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7,
-    table, colmap, T,
-    NUM_SRC: tl.constexpr, NUM_OUT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    i_t = tl.program_id(0)
-    i_b = tl.program_id(1)
-    # this block's row of the table (one cache line): output, source, first column in the output,
-    # width, and either the first source column (a contiguous run) or, if gather=1, where its
-    # source columns start in colmap (short runs merged into one block)
-    p_row = table + i_b * 8
-    o = tl.load(p_row)
-    s = tl.load(p_row + 1)
-    c0 = tl.load(p_row + 2)
-    n = tl.load(p_row + 3)
-    start = tl.load(p_row + 4)
-    gather = tl.load(p_row + 5)
-    rows = (i_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_C)
-    cmask = cols < n
-    mask = (rows < T)[:, None] & cmask[None, :]
-    src_col = start + cols
-    if gather == 1:
-        src_col = tl.load(colmap + start + cols, mask=cmask, other=0)
-    src_col = src_col.to(tl.int64)[None, :]
-    # gather the tile from the block's source (s and o are uniform per program: plain branches)
-    x = tl.zeros([BLOCK_T, BLOCK_C], dtype=s0.dtype.element_ty)
+def _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC: tl.constexpr):
+    """The tile at (rows, src_col) of source ``s`` (uniform per program)."""
+    x = tl.zeros(mask.shape, dtype=s0.dtype.element_ty)
     if s == 0:
         x = tl.load(s0 + rows[:, None] * ss0 + src_col, mask=mask)
     if NUM_SRC > 1:
@@ -61,8 +36,13 @@ def _unpack_kernel(
     if NUM_SRC > 3:
         if s == 3:
             x = tl.load(s3 + rows[:, None] * ss3 + src_col, mask=mask)
-    # store it contiguously into the block's output
-    c = (c0 + cols).to(tl.int64)[None, :]
+    return x
+
+
+@triton.jit
+def _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask,
+                NUM_OUT: tl.constexpr):
+    """Stores the tile at (rows, c) of output ``o`` (uniform per program)."""
     if o == 0:
         tl.store(o0 + rows[:, None] * w0 + c, x, mask=mask)
     if NUM_OUT > 1:
@@ -86,6 +66,42 @@ def _unpack_kernel(
     if NUM_OUT > 7:
         if o == 7:
             tl.store(o7 + rows[:, None] * w7 + c, x, mask=mask)
+
+
+@triton.jit
+def _unpack_kernel(
+    s0, s1, s2, s3, ss0, ss1, ss2, ss3,
+    o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7,
+    table, colmap, T,
+    NUM_SRC: tl.constexpr, NUM_OUT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    i_t = tl.program_id(0)
+    i_b = tl.program_id(1)
+    # this block's row of the table (one cache line): output, source, first column in the output,
+    # width, and the first source column of a contiguous run, or (gather=1) the block's offset in colmap
+    p_row = table + i_b * 8
+    o = tl.load(p_row)
+    s = tl.load(p_row + 1)
+    c0 = tl.load(p_row + 2)
+    n = tl.load(p_row + 3)
+    start = tl.load(p_row + 4)
+    gather = tl.load(p_row + 5)
+    rows = (i_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C)
+    mask = (rows < T)[:, None] & (cols < n)[None, :]
+    if gather == 0:
+        # contiguous run: offsets known contiguous and ALIGN-aligned -> 16-byte loads and stores
+        src_col = (tl.multiple_of(start, ALIGN) + cols).to(tl.int64)[None, :]
+        c = (tl.multiple_of(c0, ALIGN) + cols).to(tl.int64)[None, :]
+        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
+        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
+    else:
+        # short runs (b, a): columns from the gather map
+        src_col = tl.load(colmap + start + cols, mask=cols < n, other=0).to(tl.int64)[None, :]
+        c = (c0 + cols).to(tl.int64)[None, :]
+        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
+        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
 
 
 SHORT_RUN = 32  # runs shorter than this are merged into gather blocks
@@ -113,8 +129,13 @@ def _tables(segments: tuple[int, ...], widths: tuple[int, ...], device: torch.de
                 pending = []
                 table += [[o, src, c + i, min(BLOCK_C, n - i), a + i, 0, 0, 0] for i in range(0, n, BLOCK_C)]
             c += n
+    # the largest power of two (<= 16) dividing every contiguous block's source and output start
+    align = 16
+    for o, _, c0, _, start, gather, _, _ in table:
+        while not gather and (start % align or c0 % align):
+            align //= 2
     return (torch.tensor(table, dtype=torch.int32, device=device),
-            torch.tensor(colmap or [0], dtype=torch.int32, device=device))
+            torch.tensor(colmap or [0], dtype=torch.int32, device=device), align)
 
 
 def supports(sources: list[torch.Tensor], segments: list[int], widths: list[int]) -> bool:
@@ -138,15 +159,16 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     outs = [torch.empty(T, w, dtype=sources[0].dtype, device=device) for w in widths]
     if T == 0:
         return outs
-    table, colmap = _tables(tuple(segments), tuple(widths), device)
+    table, colmap, align = _tables(tuple(segments), tuple(widths), device)
     src = sources + [sources[0]] * (MAX_SOURCES - len(sources))
     dst = outs + [outs[0]] * (MAX_OUTPUTS - len(outs))
     wid = list(widths) + [0] * (MAX_OUTPUTS - len(widths))
     if block_t is None:
-        block_t = 32 if T >= 4096 else (8 if T >= 256 else (2 if T >= 8 else 1))
+        block_t = 8 if T >= 256 else (2 if T >= 8 else 1)
     grid = (triton.cdiv(T, block_t), table.shape[0])
     _unpack_kernel[grid](
         *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T,
-        NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=BLOCK_C, num_warps=num_warps,
+        NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=BLOCK_C, ALIGN=align,
+        num_warps=num_warps,
     )
     return outs
