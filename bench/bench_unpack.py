@@ -118,7 +118,7 @@ def main():
     from gdn_fx.ops.unpack.triton_kernel import unpack_triton
 
     sweep = []
-    for T, tiles in ((256, (1, 2, 4, 8)), (max(args.tokens), (4, 8, 16))):
+    for T, tiles in ((256, (1, 2, 4, 8)), (max(args.tokens), (1, 2, 4, 8, 16))):
         x = torch.randn(T, QKVZ + BA, device="cuda", dtype=torch.bfloat16)
         floor = 2 * x.numel() * x.element_size() / bw
         segs, widths = _layout(x)

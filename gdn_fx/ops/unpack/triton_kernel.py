@@ -1,6 +1,7 @@
 """Triton unpack: every output of the glue region in one launch.
 
-Grid: (token blocks, column blocks of all outputs). A column block never crosses
+Grid: token blocks x column blocks of all outputs, flattened with the column
+blocks fastest (neighbouring programs stream a row together). A column block never crosses
 an output's edge, so each program reads one source and writes one output. A
 block table built once per layout and device says where each block reads: a
 contiguous run of source columns (one dependent load before the data), or, for
@@ -72,12 +73,15 @@ def _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, 
 def _unpack_kernel(
     s0, s1, s2, s3, ss0, ss1, ss2, ss3,
     o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7,
-    table, colmap, T,
+    table, colmap, T, NUM_BLOCKS,
     NUM_SRC: tl.constexpr, NUM_OUT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
-    i_t = tl.program_id(0)
-    i_b = tl.program_id(1)
+    # 1-D grid, column blocks fastest: neighbouring programs read neighbouring columns of the
+    # same rows, so together they stream whole rows of the sources
+    pid = tl.program_id(0)
+    i_b = pid % NUM_BLOCKS
+    i_t = pid // NUM_BLOCKS
     # this block's row of the table (one cache line): output, source, first column in the output,
     # width, and the first source column of a contiguous run, or (gather=1) the block's offset in colmap
     p_row = table + i_b * 8
@@ -164,10 +168,10 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     dst = outs + [outs[0]] * (MAX_OUTPUTS - len(outs))
     wid = list(widths) + [0] * (MAX_OUTPUTS - len(widths))
     if block_t is None:
-        block_t = 8 if T >= 256 else (2 if T >= 8 else 1)
-    grid = (triton.cdiv(T, block_t), table.shape[0])
+        block_t = 4 if T >= 256 else (2 if T >= 8 else 1)
+    grid = (triton.cdiv(T, block_t) * table.shape[0],)
     _unpack_kernel[grid](
-        *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T,
+        *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T, table.shape[0],
         NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=BLOCK_C, ALIGN=align,
         num_warps=num_warps,
     )
