@@ -112,7 +112,7 @@ SHORT_RUN = 32  # runs shorter than this are merged into gather blocks
 
 
 @functools.lru_cache(maxsize=256)
-def _tables(segments: tuple[int, ...], widths: tuple[int, ...], device: torch.device):
+def _tables(segments: tuple[int, ...], widths: tuple[int, ...], device: torch.device, block_c: int = BLOCK_C):
     """The block table [num_blocks, 8] int32 and the gather column map, on ``device``.
     Blocks never cross an output's edge; long runs become contiguous blocks, short runs are
     merged into gather blocks. None when an output mixes sources."""
@@ -126,12 +126,12 @@ def _tables(segments: tuple[int, ...], widths: tuple[int, ...], device: torch.de
                 pending_c0 = pending_c0 if pending else c
                 pending += range(a, a + n)
             else:
-                for i in range(0, len(pending), BLOCK_C):
-                    chunk = pending[i : i + BLOCK_C]
+                for i in range(0, len(pending), block_c):
+                    chunk = pending[i : i + block_c]
                     table.append([o, src, pending_c0 + i, len(chunk), len(colmap), 1, 0, 0])
                     colmap += chunk
                 pending = []
-                table += [[o, src, c + i, min(BLOCK_C, n - i), a + i, 0, 0, 0] for i in range(0, n, BLOCK_C)]
+                table += [[o, src, c + i, min(block_c, n - i), a + i, 0, 0, 0] for i in range(0, n, block_c)]
             c += n
     # the largest power of two (<= 16) dividing every contiguous block's source and output start
     align = 16
@@ -150,10 +150,17 @@ def supports(sources: list[torch.Tensor], segments: list[int], widths: list[int]
     return _tables(tuple(segments), tuple(widths), sources[0].device) is not None
 
 
-def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list[int], *, block_t: int | None = None,
-                  num_warps: int = 4) -> list[torch.Tensor]:
+def config(T: int) -> tuple[int, int, int]:
+    """(block_t, block_c, num_warps) for T tokens (from the sweep in bench/bench_unpack.py)."""
+    if T >= 256:
+        return 4, 128, 4
+    return (2 if T >= 8 else 1), 128, 4
+
+
+def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list[int], *,
+                  tile: tuple[int, int, int] | None = None) -> list[torch.Tensor]:
     """Same contract as ``unpack_reference``; falls back to it for layouts the kernel does not take.
-    ``block_t``/``num_warps`` override the tile height and warps (for tuning in bench/)."""
+    ``tile`` = (block_t, block_c, num_warps) overrides ``config(T)`` (for the sweep in bench/)."""
     if not supports(sources, segments, widths):
         from gdn_fx.ops.unpack.reference import unpack_reference
 
@@ -163,16 +170,15 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     outs = [torch.empty(T, w, dtype=sources[0].dtype, device=device) for w in widths]
     if T == 0:
         return outs
-    table, colmap, align = _tables(tuple(segments), tuple(widths), device)
+    block_t, block_c, num_warps = tile or config(T)
+    table, colmap, align = _tables(tuple(segments), tuple(widths), device, block_c)
     src = sources + [sources[0]] * (MAX_SOURCES - len(sources))
     dst = outs + [outs[0]] * (MAX_OUTPUTS - len(outs))
     wid = list(widths) + [0] * (MAX_OUTPUTS - len(widths))
-    if block_t is None:
-        block_t = 4 if T >= 256 else (2 if T >= 8 else 1)
     grid = (triton.cdiv(T, block_t) * table.shape[0],)
     _unpack_kernel[grid](
         *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T, table.shape[0],
-        NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=BLOCK_C, ALIGN=align,
+        NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=block_c, ALIGN=align,
         num_warps=num_warps,
     )
     return outs
