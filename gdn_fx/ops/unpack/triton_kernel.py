@@ -154,7 +154,7 @@ def config(T: int) -> tuple[int, int, int]:
     """(block_t, block_c, num_warps) for T tokens (from the sweep in bench/bench_unpack.py)."""
     if T >= 256:
         return 4, 128, 4
-    return (2 if T >= 8 else 1), 128, 4
+    return (1, 128, 4) if T > 1 else (1, 64, 1)
 
 
 def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list[int], *,
