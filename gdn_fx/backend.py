@@ -29,7 +29,7 @@ class GdnFxBackend:
         if unknown:
             raise ValueError(f"unknown gdn_fx passes {unknown}; known: {sorted(PASSES)}")
         self.pass_names = tuple(passes)
-        self.snapshot = snapshot  # optional ("before" | "after", graph) callback, for tests and tools
+        self.snapshot = snapshot  # optional (stage, graph) callback (PostGradPassManager), for tests and tools
         self.match_counts: collections.Counter = collections.Counter({name: 0 for name in self.pass_names})
         self.graph_counts: list[dict[str, int]] = []  # one entry per graph the passes ran on
 

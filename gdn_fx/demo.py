@@ -46,7 +46,7 @@ STEPS = [
 ]
 
 
-def run(variant: str = "qwen3_next", device: str = "cpu", backend: str = "inductor", dtype=torch.float32,
+def run(variant: str = "qwen3_next", device: str = "cpu", backend: str = "gdn_fx", dtype=torch.float32,
         log=print) -> dict:
     layer = random_layer(variant, device, dtype)
     log(f"layer: {type(layer).__name__}({layer.extra_repr()}) on {device}, {dtype}")

@@ -30,7 +30,7 @@ class RecordingBackend(GdnFxBackend):
     def _snap(self, when, graph):
         if when == "before":
             self.before.append(op_counts(graph))
-        else:
+        elif when == "after":
             self.after.append(op_counts(graph))
             self.graphs_after.append(str(graph))
 

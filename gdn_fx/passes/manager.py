@@ -22,7 +22,8 @@ class PostGradPassManager(CustomGraphPass):
         self.passes = passes
         self.user_pass = user_pass
         self.on_graph = on_graph  # called with {pass name: matches} after each graph
-        self.snapshot = snapshot  # called with ("before" | "after", graph) around gdn_fx's passes
+        # called with (stage, graph): "before" gdn_fx's passes, "after_<pass>" each one, "after" all
+        self.snapshot = snapshot
 
     def __call__(self, graph: Graph) -> None:
         if self.user_pass is not None:
@@ -33,6 +34,8 @@ class PostGradPassManager(CustomGraphPass):
         for p in self.passes:
             p(graph)
             counts[p.name] = p.matched_count
+            if self.snapshot is not None:
+                self.snapshot(f"after_{p.name}", graph)
         graph.lint()
         if self.snapshot is not None:
             self.snapshot("after", graph)
