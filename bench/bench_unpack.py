@@ -124,13 +124,15 @@ def main():
         floor = 2 * x.numel() * x.element_size() / bw
         segs, widths = _layout(x)
         best = None
-        for tile in itertools.product((1, 2, 4, 8), (64, 128, 256), (1, 2, 4, 8)):
+        tiles = [(*t, False) for t in itertools.product((1, 2, 4, 8), (64, 128, 256), (1, 2, 4, 8))]
+        tiles += [(*t, True) for t in itertools.product((1, 2, 4), (256, 512, 1024, 2048), (2, 4, 8, 16))]
+        for tile in tiles:
             if tile[0] > T:
                 continue
             t = graph_time(lambda tile=tile: unpack_triton([x], segs, widths, tile=tile), reps=10, inner=20)
             sweep.append({"T": T, "tile": tile, "us": t * 1e6, "bandwidth_pct": 100 * floor / t})
             best = min(best or (t, tile), (t, tile))
-        print(f"sweep T={T}: best tile (block_t, block_c, warps)={best[1]} {best[0] * 1e6:.1f} us "
+        print(f"sweep T={T}: best tile (block_t, block_c, warps, wide)={best[1]} {best[0] * 1e6:.1f} us "
               f"{100 * floor / best[0]:.1f}%; launcher's {config(T)}", flush=True)
     payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "shape": {"NK": NK, "NV": NV, "DK": DK, "DV": DV},
                "rows": rows, "sweep": sweep}

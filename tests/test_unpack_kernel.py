@@ -61,8 +61,10 @@ CHECK = textwrap.dedent("""
     # aligned runs (16-byte vector path) next to short gathered runs, as in a Qwen3-Next layer
     src = torch.randn(9, 2 * 512 + 64, device=DEV).to(torch.bfloat16)
     segs = [0, 0, 128, 0, 512, 128, 0, 256, 256, 0, 1024, 2, 0, 1028, 2, 0, 1026, 2, 0, 1030, 2]
-    for got, want in zip(unpack_triton([src], segs, [512, 4, 4]), unpack_reference([src], segs, [512, 4, 4])):
-        assert torch.equal(got, want)
+    for tile in (None, (2, 256, 4, True), (1, 1024, 4, True), (2, 64, 2, False)):
+        for got, want in zip(unpack_triton([src], segs, [512, 4, 4], tile=tile),
+                             unpack_reference([src], segs, [512, 4, 4])):
+            assert torch.equal(got, want), tile
     x = torch.tensor([[-0.0, 1.0, float("nan")]], device=DEV)
     assert torch.equal(unpack_triton([x], [0, 0, 2], [2])[0].view(torch.int32), x[:, :2].view(torch.int32))
     print("kernel ok")

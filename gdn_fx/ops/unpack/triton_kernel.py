@@ -75,7 +75,7 @@ def _unpack_kernel(
     o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7,
     table, colmap, T, NUM_BLOCKS,
     NUM_SRC: tl.constexpr, NUM_OUT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-    ALIGN: tl.constexpr,
+    ALIGN: tl.constexpr, WIDE_ALIGN: tl.constexpr,
 ):
     # 1-D grid, column blocks fastest: neighbouring programs read neighbouring columns of the
     # same rows, so together they stream whole rows of the sources
@@ -100,6 +100,14 @@ def _unpack_kernel(
         c = (tl.multiple_of(c0, ALIGN) + cols).to(tl.int64)[None, :]
         x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
         _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
+    elif gather == 2:
+        # wide block over several aligned runs: columns from the gather map, known to come in
+        # aligned groups of WIDE_ALIGN consecutive columns -> still 16-byte accesses
+        src_col = tl.load(colmap + start + cols, mask=cols < n, other=0).to(tl.int64)
+        src_col = tl.max_contiguous(tl.multiple_of(src_col, WIDE_ALIGN), WIDE_ALIGN)[None, :]
+        c = (tl.multiple_of(c0, WIDE_ALIGN) + cols).to(tl.int64)[None, :]
+        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
+        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
     else:
         # short runs (b, a): columns from the gather map
         src_col = tl.load(colmap + start + cols, mask=cols < n, other=0).to(tl.int64)[None, :]
@@ -109,17 +117,26 @@ def _unpack_kernel(
 
 
 SHORT_RUN = 32  # runs shorter than this are merged into gather blocks
+WIDE_ALIGN = 8  # wide blocks need every run's start and length to be multiples of this
 
 
 @functools.lru_cache(maxsize=256)
-def _tables(segments: tuple[int, ...], widths: tuple[int, ...], device: torch.device, block_c: int = BLOCK_C):
+def _tables(segments: tuple[int, ...], widths: tuple[int, ...], device: torch.device, block_c: int = BLOCK_C,
+            wide: bool = False):
     """The block table [num_blocks, 8] int32 and the gather column map, on ``device``.
-    Blocks never cross an output's edge; long runs become contiguous blocks, short runs are
-    merged into gather blocks. None when an output mixes sources."""
+    Blocks never cross an output's edge. ``wide``: an output made of aligned runs is cut into
+    blocks of block_c columns across runs (kind 2); otherwise long runs become contiguous blocks
+    (kind 0) and short runs are merged into gather blocks (kind 1). None when an output mixes sources."""
     table, colmap = [], []
     for o, runs in enumerate(runs_per_output(list(segments), list(widths))):
         if len({s for s, _, _ in runs}) != 1:
             return None
+        if wide and all(n >= SHORT_RUN and a % WIDE_ALIGN == 0 and n % WIDE_ALIGN == 0 for _, a, n in runs):
+            cols = [a + i for _, a, n in runs for i in range(n)]
+            table += [[o, runs[0][0], i, min(block_c, len(cols) - i), len(colmap) + i, 2, 0, 0]
+                      for i in range(0, len(cols), block_c)]
+            colmap += cols
+            continue
         src, c, pending, pending_c0 = runs[0][0], 0, [], 0
         for _, a, n in [*runs, (src, 0, 0)]:  # the empty run at the end flushes the last gather block
             if 0 < n < SHORT_RUN:
@@ -150,17 +167,17 @@ def supports(sources: list[torch.Tensor], segments: list[int], widths: list[int]
     return _tables(tuple(segments), tuple(widths), sources[0].device) is not None
 
 
-def config(T: int) -> tuple[int, int, int]:
-    """(block_t, block_c, num_warps) for T tokens (from the sweep in bench/bench_unpack.py)."""
+def config(T: int) -> tuple[int, int, int, bool]:
+    """(block_t, block_c, num_warps, wide) for T tokens (from the sweep in bench/bench_unpack.py)."""
     if T >= 256:
-        return 4, 128, 4
-    return (1, 128, 4) if T > 1 else (1, 64, 1)
+        return 4, 128, 4, False
+    return (1, 128, 4, False) if T > 1 else (1, 64, 1, False)
 
 
 def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list[int], *,
                   tile: tuple[int, int, int] | None = None) -> list[torch.Tensor]:
     """Same contract as ``unpack_reference``; falls back to it for layouts the kernel does not take.
-    ``tile`` = (block_t, block_c, num_warps) overrides ``config(T)`` (for the sweep in bench/)."""
+    ``tile`` = (block_t, block_c, num_warps, wide) overrides ``config(T)`` (for the sweep in bench/)."""
     if not supports(sources, segments, widths):
         from gdn_fx.ops.unpack.reference import unpack_reference
 
@@ -170,15 +187,15 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     outs = [torch.empty(T, w, dtype=sources[0].dtype, device=device) for w in widths]
     if T == 0:
         return outs
-    block_t, block_c, num_warps = tile or config(T)
-    table, colmap, align = _tables(tuple(segments), tuple(widths), device, block_c)
+    block_t, block_c, num_warps, wide = tile or config(T)
+    table, colmap, align = _tables(tuple(segments), tuple(widths), device, block_c, wide)
     src = sources + [sources[0]] * (MAX_SOURCES - len(sources))
     dst = outs + [outs[0]] * (MAX_OUTPUTS - len(outs))
     wid = list(widths) + [0] * (MAX_OUTPUTS - len(widths))
     grid = (triton.cdiv(T, block_t) * table.shape[0],)
     _unpack_kernel[grid](
         *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T, table.shape[0],
-        NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=block_c, ALIGN=align,
+        NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=block_c, ALIGN=align, WIDE_ALIGN=WIDE_ALIGN,
         num_warps=num_warps,
     )
     return outs
