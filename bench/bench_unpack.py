@@ -85,6 +85,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--tokens", type=int, nargs="*", default=list(TOKENS))
+    ap.add_argument("--sweep-tokens", type=int, nargs="*", default=[1, 32, 256, 16384],
+                    help="token counts at which to sweep the kernel's tiles (none: skip the sweep)")
     args = ap.parse_args()
     torch._dynamo.config.recompile_limit = 64  # every variant compiles once per token count
     bw = copy_bandwidth()
@@ -119,7 +121,7 @@ def main():
     from gdn_fx.ops.unpack.triton_kernel import config, unpack_triton
 
     sweep = []
-    for T in args.tokens:
+    for T in args.sweep_tokens:
         x = torch.randn(T, QKVZ + BA, device="cuda", dtype=torch.bfloat16)
         floor = 2 * x.numel() * x.element_size() / bw
         segs, widths = _layout(x)
