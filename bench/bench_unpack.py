@@ -126,8 +126,8 @@ def main():
         floor = 2 * x.numel() * x.element_size() / bw
         segs, widths = _layout(x)
         best = None
-        tiles = [(*t, False) for t in itertools.product((1, 2, 4, 8), (64, 128, 256), (1, 2, 4, 8))]
-        tiles += [(*t, True) for t in itertools.product((1, 2, 4), (256, 512, 1024, 2048), (2, 4, 8, 16))]
+        tiles = [(*t, False) for t in itertools.product((1, 2, 4, 8), (64, 128, 256), (2, 4, 8))]
+        tiles += [(*t, True) for t in itertools.product((1, 2, 4), (256, 1024), (4, 8))]
         for tile in tiles:
             if tile[0] > T:
                 continue

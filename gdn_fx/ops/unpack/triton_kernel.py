@@ -6,7 +6,7 @@ an output's edge, so each program reads one source and writes one output. A
 block table built once per layout and device says where each block reads: a
 contiguous run of source columns (one dependent load before the data), or, for
 runs too short to fill a block (b and a), a list of columns in a small gather
-map. Offsets are int64 (T up to 2^20 tokens times thousands of columns).
+map. Offsets are int64 when a tensor passes 2^31 elements (T up to 2^20 tokens), int32 otherwise.
 """
 
 import functools
@@ -27,16 +27,16 @@ def _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_S
     """The tile at (rows, src_col) of source ``s`` (uniform per program)."""
     x = tl.zeros(mask.shape, dtype=s0.dtype.element_ty)
     if s == 0:
-        x = tl.load(s0 + rows[:, None] * ss0 + src_col, mask=mask)
+        x = tl.load(s0 + rows[:, None] * ss0 + src_col, mask=mask, eviction_policy="evict_first")
     if NUM_SRC > 1:
         if s == 1:
-            x = tl.load(s1 + rows[:, None] * ss1 + src_col, mask=mask)
+            x = tl.load(s1 + rows[:, None] * ss1 + src_col, mask=mask, eviction_policy="evict_first")
     if NUM_SRC > 2:
         if s == 2:
-            x = tl.load(s2 + rows[:, None] * ss2 + src_col, mask=mask)
+            x = tl.load(s2 + rows[:, None] * ss2 + src_col, mask=mask, eviction_policy="evict_first")
     if NUM_SRC > 3:
         if s == 3:
-            x = tl.load(s3 + rows[:, None] * ss3 + src_col, mask=mask)
+            x = tl.load(s3 + rows[:, None] * ss3 + src_col, mask=mask, eviction_policy="evict_first")
     return x
 
 
@@ -75,7 +75,7 @@ def _unpack_kernel(
     o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7,
     table, colmap, T, NUM_BLOCKS,
     NUM_SRC: tl.constexpr, NUM_OUT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-    ALIGN: tl.constexpr, WIDE_ALIGN: tl.constexpr,
+    ALIGN: tl.constexpr, WIDE_ALIGN: tl.constexpr, IDX64: tl.constexpr,
 ):
     # 1-D grid, column blocks fastest: neighbouring programs read neighbouring columns of the
     # same rows, so together they stream whole rows of the sources
@@ -91,27 +91,29 @@ def _unpack_kernel(
     n = tl.load(p_row + 3)
     start = tl.load(p_row + 4)
     gather = tl.load(p_row + 5)
-    rows = (i_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    rows = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    if IDX64:  # offsets past 2^31 elements (T up to 2^20 tokens): 64-bit arithmetic only then
+        rows = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     mask = (rows < T)[:, None] & (cols < n)[None, :]
     if gather == 0:
         # contiguous run: offsets known contiguous and ALIGN-aligned -> 16-byte loads and stores
-        src_col = (tl.multiple_of(start, ALIGN) + cols).to(tl.int64)[None, :]
-        c = (tl.multiple_of(c0, ALIGN) + cols).to(tl.int64)[None, :]
+        src_col = (tl.multiple_of(start, ALIGN) + cols)[None, :]
+        c = (tl.multiple_of(c0, ALIGN) + cols)[None, :]
         x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
         _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
     elif gather == 2:
         # wide block over several aligned runs: columns from the gather map, known to come in
         # aligned groups of WIDE_ALIGN consecutive columns -> still 16-byte accesses
-        src_col = tl.load(colmap + start + cols, mask=cols < n, other=0).to(tl.int64)
+        src_col = tl.load(colmap + start + cols, mask=cols < n, other=0)
         src_col = tl.max_contiguous(tl.multiple_of(src_col, WIDE_ALIGN), WIDE_ALIGN)[None, :]
-        c = (tl.multiple_of(c0, WIDE_ALIGN) + cols).to(tl.int64)[None, :]
+        c = (tl.multiple_of(c0, WIDE_ALIGN) + cols)[None, :]
         x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
         _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
     else:
         # short runs (b, a): columns from the gather map
-        src_col = tl.load(colmap + start + cols, mask=cols < n, other=0).to(tl.int64)[None, :]
-        c = (c0 + cols).to(tl.int64)[None, :]
+        src_col = tl.load(colmap + start + cols, mask=cols < n, other=0)[None, :]
+        c = (c0 + cols)[None, :]
         x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
         _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
 
@@ -196,6 +198,7 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     _unpack_kernel[grid](
         *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T, table.shape[0],
         NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=block_c, ALIGN=align, WIDE_ALIGN=WIDE_ALIGN,
+        IDX64=max([T * s.stride(0) for s in sources] + [T * w for w in widths]) >= 2**31,
         num_warps=num_warps,
     )
     return outs
