@@ -1,0 +1,25 @@
+"""Renders a benchmark JSON from bench/results as the markdown table of bench/README.md.
+
+    python bench/table.py bench/results/unpack_h100.json
+"""
+
+import json
+import sys
+
+
+def unpack_table(d: dict) -> str:
+    lines = [
+        f"{d['device']}, torch {d['torch']}, triton {d['triton']}; copy bandwidth {d['copy_bandwidth_TBps']:.2f} TB/s"
+        + (f"; one-kernel graph replay {d['one_kernel_replay_us']:.1f} us" if "one_kernel_replay_us" in d else ""),
+        "",
+        "| T | variant | kernels | time (us) | % of copy bandwidth | floor (us) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        lines.append(f"| {r['T']} | {r['variant']} | {r['kernels']} | {r['us']:.1f} | {r['bandwidth_pct']:.1f} | "
+                     f"{r['floor_us']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(unpack_table(json.load(open(sys.argv[1]))))
