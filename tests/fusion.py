@@ -6,16 +6,7 @@ import torch
 
 from gdn_fx.backend import GdnFxBackend
 from gdn_fx.passes import DEFAULT_PASSES
-
-
-def op_name(n: torch.fx.Node) -> str:
-    if n.target in (torch.ops.higher_order.auto_functionalized, torch.ops.higher_order.auto_functionalized_v2):
-        return str(n.args[0]).replace(".default", "")
-    return str(n.target).replace(".default", "")
-
-
-def op_counts(graph: torch.fx.Graph) -> collections.Counter:
-    return collections.Counter(op_name(n) for n in graph.nodes if n.op == "call_function")
+from gdn_fx.report import op_counts
 
 
 class RecordingBackend(GdnFxBackend):

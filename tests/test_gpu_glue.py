@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.fusion import RecordingBackend, compile_fresh, cuda_kernels
-from tests.test_unpack_fusion import GLUES, GROUP, NK, NV, next_split
+from tests.test_unpack_fusion import GLUES, GROUP, NK, NV
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::UserWarning")]
 
