@@ -25,6 +25,11 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   GDN_FX_TEST_DEVICE=cuda python3 -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
   status=$((status | ${PIPESTATUS[0]}))
 fi
+if [ "$what" = all ]; then
+  # the demo and the fusion report on the GPU (Triton kernel counts per layer)
+  python3 -m gdn_fx demo --device cuda --dtype bf16 2>&1 | grep -v -i warn | tee "$OUT/demo.log"
+  status=$((status | ${PIPESTATUS[0]}))
+fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   for b in bench/bench_*.py; do
     [ -e "$b" ] || continue
