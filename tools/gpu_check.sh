@@ -12,7 +12,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     || exit 1
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+# install gdn_fx itself (no registry there: no deps, no build isolation) for its entry point
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/gdn_fx_site . || exit 1
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/gdn_fx_site:$PWD
 python3 - <<'PY' 2>&1 | tee "$OUT/env.txt"
 import torch, triton, transformers
 p = torch.cuda.get_device_properties(0)
@@ -22,7 +24,7 @@ PY
 status=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
   # the device-parametrized tests (ops, layers) on cuda, then every gpu-marked test
-  GDN_FX_TEST_DEVICE=cuda python3 -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+  GDN_FX_TEST_DEVICE=cuda python3 -m pytest tests -q -p no:cacheprovider "${@:2}" 2>&1 | tee "$OUT/tests.log"
   status=$((status | ${PIPESTATUS[0]}))
 fi
 if [ "$what" = all ]; then
