@@ -119,7 +119,8 @@ def main():
                          "kernel_names": kernels[:8]})
             print(f"T={T:6d} {name:14s} kernels={len(kernels)} {t * 1e6:9.1f} us  "
                   f"{100 * floor / t:5.1f}% of copy bw (floor {floor * 1e6:.1f} us)", flush=True)
-        assert backend.match_counts["unpack"] >= 1
+        # (no check of backend.match_counts: a graph from Inductor's FX cache is not passed again)
+        assert next(r for r in rows if r["T"] == T and r["variant"] == "gdn_fx")["kernels"] == 1
     # tile-height sweep of the kernel alone (to check the launcher's choice)
     from gdn_fx.ops.unpack.triton_kernel import config, unpack_triton
 
