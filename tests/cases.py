@@ -50,6 +50,11 @@ def op_args(name: str, device="cpu", dtype=torch.float32, seed=0) -> tuple:
                 rnd(NV, dt=torch.float32), rnd(NV, dt=torch.float32), rnd(SLOTS, CONV_DIM, W - 1 + NUM_SPEC),
                 rnd(SLOTS, NV, DK, DV, dt=torch.float32), rnd(15, NV, DV), meta.query_start_loc, meta.state_indices,
                 meta.has_initial_state, meta.num_accepted_tokens, meta.counts, NK, DK, False)
+    if name == "fused_recurrent_decode":
+        return (rnd(5, 2 * NK * DK + NV * DV), rnd(5, NV), rnd(5, NV), rnd(NV, dt=torch.float32),
+                rnd(NV, dt=torch.float32), rnd(SLOTS, NV, DK, DV, dt=torch.float32),
+                _i32([0, 1, 4, 5]).to(device), _i32([[2, -1, -1], [5, 6, 7], [-1, -1, -1]]).to(device),
+                _i32([1, 3, 1]).to(device), NK, DK, DK**-0.5, True)
     if name == "unpack":
         qkvz = rnd(13, 2 * NK * DK + 2 * NV * DV + 3)[:, 3:]  # strided rows
         ba = rnd(13, 2 * NV)

@@ -12,7 +12,7 @@ NAMES = [e.name for e in registry.entries()]
 def test_every_op_is_covered():
     assert set(NAMES) == {
         "gating", "causal_conv1d_prefill", "causal_conv1d_decode", "chunk_gated_delta_rule",
-        "recurrent_gated_delta_rule", "gdn_core", "unpack",
+        "recurrent_gated_delta_rule", "gdn_core", "unpack", "fused_recurrent_decode",
     }
 
 
@@ -29,6 +29,7 @@ MUTATED = {
     "recurrent_gated_delta_rule": {"ssm_state"},
     "gdn_core": {"conv_state", "ssm_state", "core_attn_out"},
     "unpack": set(),
+    "fused_recurrent_decode": {"ssm_state"},
 }
 
 

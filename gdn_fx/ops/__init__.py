@@ -8,6 +8,7 @@ from gdn_fx.ops import registry
 from gdn_fx.ops.checks import NULL_SLOT
 from gdn_fx.ops.conv1d import causal_conv1d_decode, causal_conv1d_prefill
 from gdn_fx.ops.core import gdn_core
+from gdn_fx.ops.decode import fused_recurrent_decode
 from gdn_fx.ops.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from gdn_fx.ops.gating import gating
 from gdn_fx.ops.unpack import unpack
@@ -17,6 +18,7 @@ __all__ = [
     "causal_conv1d_decode",
     "causal_conv1d_prefill",
     "chunk_gated_delta_rule",
+    "fused_recurrent_decode",
     "gating",
     "gdn_core",
     "recurrent_gated_delta_rule",

@@ -1,0 +1,100 @@
+"""Triton decode in one launch: gating, q/k L2 norm, scaling and the gated delta rule on the
+packed post-conv mixed_qkv, with the pooled fp32 state [K, V] updated in place.
+
+Grid: (value-dim blocks, value heads, sequences). Each program keeps its [DK, BV] slice of the
+state in registers across the sequence's 1 + num_draft tokens, reads it from the checkpoint
+slot ``state_indices[n, num_accepted_tokens[n] - 1]`` and writes it after token j to
+``state_indices[n, j]``. A sequence whose read slot is NULL_SLOT (padding) writes zeros and
+touches no state. Sizes come from tensor shapes: no host-device sync.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_kernel(
+    x, a, b, A_log, dt_bias, state, qsl, idx, acc, out,
+    stride_x, stride_a, stride_b, stride_idx, scale,
+    NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    S: tl.constexpr, NEG: tl.constexpr,
+):
+    i_v = tl.program_id(0)
+    i_hv = tl.program_id(1)
+    i_n = tl.program_id(2)
+    i_hk = i_hv // (NV // NK)
+    bos = tl.load(qsl + i_n).to(tl.int64)
+    L = tl.load(qsl + i_n + 1).to(tl.int64) - bos
+    read = tl.load(idx + i_n * stride_idx + tl.load(acc + i_n) - 1)
+    live = read >= 0
+    # per-program conditions folded into tensor masks (a column bound of 0 masks everything);
+    # the Triton interpreter rejects masks combined with scalar booleans
+    live_dk = tl.where(live, DK, 0)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    m_state = mk[:, None] & mv[None, :]
+    p_state = offs_k[:, None] * DV + offs_v[None, :] + i_hv * DK * DV
+    # the checkpoint to continue from (zeros for padding rows, which write nothing back)
+    read = tl.maximum(read, 0).to(tl.int64)
+    h = tl.load(state + read * NV * DK * DV + p_state, mask=m_state & (offs_k[:, None] < live_dk), other=0.0)
+    h = h.to(tl.float32)
+    A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
+    bias = tl.load(dt_bias + i_hv).to(tl.float32)
+    for j in tl.static_range(S):
+        if j < L:
+            t = bos + j
+            p_x = x + t * stride_x
+            q = tl.load(p_x + i_hk * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
+            k = tl.load(p_x + NK * DK + i_hk * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
+            v = tl.load(p_x + 2 * NK * DK + i_hv * DV + offs_v, mask=mv, other=0.0).to(tl.float32)
+            # gating: g = -exp(A_log) softplus(a + dt_bias) (threshold 20), beta = sigmoid(b) (x2)
+            av = tl.load(a + t * stride_a + i_hv).to(tl.float32) + bias
+            g = A * tl.where(av > 20.0, av, tl.log(1.0 + tl.exp(av)))
+            beta = tl.sigmoid(tl.load(b + t * stride_b + i_hv).to(tl.float32))
+            if NEG:
+                beta = beta * 2.0
+            q = q * tl.rsqrt(tl.sum(q * q) + 1e-6) * scale
+            k = k * tl.rsqrt(tl.sum(k * k) + 1e-6)
+            # S = exp(g) S; u = beta (v - S^T k); S += k u^T; o = S^T q
+            h = h * tl.exp(g)
+            u = beta * (v - tl.sum(h * k[:, None], 0))
+            h = h + k[:, None] * u[None, :]
+            o = tl.sum(h * q[:, None], 0)
+            o = tl.where(live, o, 0.0)
+            tl.store(out + t * NV * DV + i_hv * DV + offs_v, o.to(out.dtype.element_ty), mask=mv)
+            slot = tl.load(idx + i_n * stride_idx + j)
+            slot_dk = tl.where(slot >= 0, live_dk, 0)
+            tl.store(state + tl.maximum(slot, 0).to(tl.int64) * NV * DK * DV + p_state, h.to(state.dtype.element_ty),
+                     mask=m_state & (offs_k[:, None] < slot_dk))
+
+
+def fused_recurrent_decode_triton(
+    x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, num_k_heads,
+    head_k_dim, scale, allow_neg_eigval,
+) -> torch.Tensor:
+    T = x.shape[0]
+    N = query_start_loc.shape[0] - 1
+    NV, DK, DV = ssm_state.shape[1:]
+    if not ssm_state.is_contiguous() or x.stride(-1) != 1 or not state_indices.is_contiguous():
+        from gdn_fx.ops.decode.reference import fused_recurrent_decode_reference
+
+        return fused_recurrent_decode_reference(
+            x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, num_k_heads,
+            head_k_dim, scale, allow_neg_eigval)
+    # rows past the last sequence stay zero; covered rows are all written by the kernel
+    out = torch.zeros(T, NV, DV, dtype=x.dtype, device=x.device)
+    if T == 0 or N == 0:
+        return out
+    BK = triton.next_power_of_2(DK)
+    BV = min(triton.next_power_of_2(DV), 32 if BK <= 128 else 16)
+    grid = (triton.cdiv(DV, BV), NV, N)
+    _decode_kernel[grid](
+        x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, out,
+        x.stride(0), a.stride(0), b.stride(0), state_indices.stride(0), scale,
+        NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=state_indices.shape[1], NEG=allow_neg_eigval,
+        num_warps=4 if BK * BV >= 4096 else 2,
+    )
+    return out
