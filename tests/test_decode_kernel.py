@@ -52,7 +52,7 @@ CHECK = textwrap.dedent("""
         N, T = len(lens), sum(lens)
         rnd = lambda *s: torch.randn(*s, generator=g).to(DEV)
         x = rnd(T, 2 * NK * DK + NV * DV).to(torch.bfloat16)
-        a, b = rnd(T, NV).to(torch.bfloat16), rnd(T, NV).to(torch.bfloat16)
+        a, b = rnd(T, NV).to(torch.bfloat16), rnd(T, 2 * NV).to(torch.bfloat16)[:, ::2]  # b strided, as a split gives
         A_log, dt = rnd(NV), rnd(NV)
         S = 3 * N + 2
         pool = rnd(S, NV, DK, DV)

@@ -16,7 +16,7 @@ import triton.language as tl
 @triton.jit
 def _decode_kernel(
     x, a, b, A_log, dt_bias, state, qsl, idx, acc, out,
-    stride_x, stride_a, stride_b, stride_idx, scale,
+    stride_x, stride_a, stride_ah, stride_b, stride_bh, stride_idx, scale,
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     S: tl.constexpr, NEG: tl.constexpr,
 ):
@@ -51,9 +51,9 @@ def _decode_kernel(
             k = tl.load(p_x + NK * DK + i_hk * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
             v = tl.load(p_x + 2 * NK * DK + i_hv * DV + offs_v, mask=mv, other=0.0).to(tl.float32)
             # gating: g = -exp(A_log) softplus(a + dt_bias) (threshold 20), beta = sigmoid(b) (x2)
-            av = tl.load(a + t * stride_a + i_hv).to(tl.float32) + bias
+            av = tl.load(a + t * stride_a + i_hv * stride_ah).to(tl.float32) + bias
             g = A * tl.where(av > 20.0, av, tl.log(1.0 + tl.exp(av)))
-            beta = tl.sigmoid(tl.load(b + t * stride_b + i_hv).to(tl.float32))
+            beta = tl.sigmoid(tl.load(b + t * stride_b + i_hv * stride_bh).to(tl.float32))
             if NEG:
                 beta = beta * 2.0
             q = q * tl.rsqrt(tl.sum(q * q) + 1e-6) * scale
@@ -93,7 +93,7 @@ def fused_recurrent_decode_triton(
     grid = (triton.cdiv(DV, BV), NV, N)
     _decode_kernel[grid](
         x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, out,
-        x.stride(0), a.stride(0), b.stride(0), state_indices.stride(0), scale,
+        x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale,
         NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=state_indices.shape[1], NEG=allow_neg_eigval,
         num_warps=4 if BK * BV >= 4096 else 2,
     )
