@@ -136,9 +136,8 @@ def _gdn_core(
     if dec is not None:
         tok, qsl, idx, _, acc = dec
         x = ops.causal_conv1d_decode(mixed_qkv[tok], conv_weight, conv_bias, conv_state, qsl, idx[:, 0], acc, True)
-        q, k, v = _split_qkv(x, num_k_heads, head_k_dim, NV, DV)
-        g, beta = ops.gating(a[tok], b[tok], A_log, dt_bias, allow_neg_eigval)
-        core_attn_out[tok] = ops.recurrent_gated_delta_rule(q, k, v, g, beta, ssm_state, qsl, idx, acc, scale, True)
+        core_attn_out[tok] = ops.fused_recurrent_decode(x, a[tok], b[tok], A_log, dt_bias, ssm_state, qsl, idx, acc,
+                                                        num_k_heads, head_k_dim, scale, allow_neg_eigval)
     if pre is not None:
         tok, qsl, idx, init, _ = pre
         x = ops.causal_conv1d_prefill(mixed_qkv[tok], conv_weight, conv_bias, conv_state, qsl, idx, init, True)
