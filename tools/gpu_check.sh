@@ -7,10 +7,18 @@ OUT=${OUT:-/tmp/gdn_fx_out}
 mkdir -p "$OUT"
 what=${1:-all}
 export PYTHONUNBUFFERED=1
+# carried wheels; flash-linear-attention goes to its own folder, on the benchmarks' path only:
+# transformers' GDN layers switch to its kernels when it is importable, and the tests run those
+# layers on the CPU as the oracle
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  wheels=$(ls .whl/*.whl | grep -v fla_core)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
     || exit 1
   export PYTHONPATH=/tmp/site
+fi
+if ls .whl/fla_core-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site_fla \
+    .whl/fla_core-*.whl || exit 1
 fi
 # install gdn_fx itself (no registry there: no deps, no build isolation) for its entry point
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/gdn_fx_site . || exit 1
@@ -35,7 +43,7 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   for b in bench/bench_*.py; do
     [ -e "$b" ] || continue
-    python3 "$b" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+    PYTHONPATH=$PYTHONPATH:/tmp/site_fla python3 "$b" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
     status=$((status | ${PIPESTATUS[0]}))
   done
 fi
