@@ -1,6 +1,6 @@
 """Renders a benchmark JSON from bench/results as the markdown table of bench/README.md.
 
-    python bench/table.py bench/results/unpack_h100.json
+    python bench/table.py bench/results/unpack_h100.json   (or decode_h100.json)
 """
 
 import json
@@ -21,5 +21,19 @@ def unpack_table(d: dict) -> str:
     return "\n".join(lines)
 
 
+def decode_table(d: dict) -> str:
+    lines = [
+        f"{d['device']}, torch {d['torch']}, triton {d['triton']}; copy bandwidth {d['copy_bandwidth_TBps']:.2f} TB/s",
+        "",
+        "| B | variant | kernels | time (us) | % of state read+write floor | floor (us) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        lines.append(f"| {r['B']} | {r['variant']} | {r['kernels']} | {r['us']:.1f} | {r['floor_pct']:.1f} | "
+                     f"{r['floor_us']:.1f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(unpack_table(json.load(open(sys.argv[1]))))
+    data = json.load(open(sys.argv[1]))
+    print(decode_table(data) if data["rows"] and "B" in data["rows"][0] else unpack_table(data))

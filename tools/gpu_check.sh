@@ -10,6 +10,7 @@ export PYTHONUNBUFFERED=1
 # carried wheels; flash-linear-attention goes to its own folder, on the benchmarks' path only:
 # transformers' GDN layers switch to its kernels when it is importable, and the tests run those
 # layers on the CPU as the oracle
+rm -rf /tmp/site /tmp/site_fla /tmp/gdn_fx_site  # a warm machine keeps them: start clean
 if ls .whl/*.whl >/dev/null 2>&1; then
   wheels=$(ls .whl/*.whl | grep -v fla_core)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
