@@ -14,6 +14,7 @@ every registered kernel with the reference of its op.
 
 import dataclasses
 import functools
+import importlib
 from typing import Callable
 
 import torch
@@ -88,6 +89,17 @@ def register_kernel(name: str, device_type: str, fn: Callable) -> Callable:
     entry.op.register_kernel(device_type)(_guarded(fn, entry.validate))
     entry.kernels[device_type] = fn
     return fn
+
+
+def register_optional_kernel(name: str, device_type: str, module: str, attr: str) -> bool:
+    """``register_kernel`` with ``module.attr``, if that module imports (its toolchain, e.g. Triton,
+    may be missing: the reference then serves ``device_type``). Returns whether it registered."""
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except ImportError:
+        return False
+    register_kernel(name, device_type, fn)
+    return True
 
 
 def get(name: str) -> OpEntry:

@@ -60,15 +60,8 @@ def _(x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_ac
     return x.new_empty(x.shape[0], a.shape[1], ssm_state.shape[3])
 
 
-def _register_triton() -> None:
-    try:
-        from gdn_fx.ops.decode.triton_kernel import fused_recurrent_decode_triton
-    except ImportError:  # no triton: the reference serves every device
-        return
-    registry.register_kernel("fused_recurrent_decode", "cuda", fused_recurrent_decode_triton)
-
-
-_register_triton()
+registry.register_optional_kernel("fused_recurrent_decode", "cuda", "gdn_fx.ops.decode.triton_kernel",
+                                  "fused_recurrent_decode_triton")
 
 
 def fused_recurrent_decode(x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, *,

@@ -62,15 +62,7 @@ def _(sources, segments, widths):
     return [sources[0].new_empty(T, w) for w in widths]
 
 
-def _register_triton() -> None:
-    try:
-        from gdn_fx.ops.unpack.triton_kernel import unpack_triton
-    except ImportError:  # no triton: the reference serves every device
-        return
-    registry.register_kernel("unpack", "cuda", unpack_triton)
-
-
-_register_triton()
+registry.register_optional_kernel("unpack", "cuda", "gdn_fx.ops.unpack.triton_kernel", "unpack_triton")
 
 
 def unpack(sources: list[torch.Tensor], segments: list[int], widths: list[int]) -> list[torch.Tensor]:
