@@ -244,3 +244,12 @@ def test_rms_norm_gated_rejects_bad_arguments():
         RMSNormGated(40, group_size=16)
     with pytest.raises(ValueError, match="activation"):
         RMSNormGated(40, activation="gelu")
+
+
+@one_ratio
+def test_warmup_runs_every_path_and_leaves_no_trace(make_layer):
+    layer = make_layer()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer.warmup()
+    layer.warmup(num_spec=2)
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())

@@ -145,6 +145,22 @@ class GatedDeltaNet(nn.Module):
         out = self.forward_serving(rearrange(hidden_states, "b l d -> (b l) d"), conv_state, ssm_state, meta)
         return rearrange(out, "(b l) d -> b l d", b=B)
 
+    @torch.no_grad()
+    def warmup(self, num_spec: int = 0) -> None:
+        """Runs every kernel of this layer once on tiny batches (a prefill, a decode and, with
+        num_spec > 0, a verification) over temporary pools, so JIT compilation and autotuning happen
+        now rather than on the first real batch, after the state pools have taken the memory."""
+        device, dtype = self.conv_weight.device, self.conv_weight.dtype
+        slots = list(range(1 + num_spec))
+        conv_state, ssm_state = self.allocate_state(len(slots), num_spec=num_spec)
+        steps = [Request(5, slots=slots[:1]), Request(1, slots=slots, num_computed_tokens=5)]
+        if num_spec:
+            steps.append(Request(1 + num_spec, slots=slots, num_computed_tokens=6, num_draft_tokens=num_spec))
+        for req in steps:
+            meta = build_metadata([req], num_slots=len(slots), num_spec=num_spec, device=device)
+            h = torch.randn(req.num_new_tokens, self.hidden_size, device=device, dtype=dtype)
+            self.forward_serving(h, conv_state, ssm_state, meta)
+
     def allocate_state(
         self, num_slots: int, *, num_spec: int = 0, device=None, conv_dtype=None, ssm_dtype=torch.float32
     ) -> tuple[torch.Tensor, torch.Tensor]:
