@@ -86,6 +86,9 @@ class UnpackFusionPass:
                 self.matched_count += 1
             except movement.Unfit as e:
                 log.debug("gdn_fx unpack: not fusing the glue of %s: %s", consumer.name, e)
+            except Exception:  # a pass must never break compilation: the graph is left as it was
+                log.warning("gdn_fx unpack: unexpected error on the glue of %s; left unfused", consumer.name,
+                            exc_info=True)
 
     def _fuse(self, graph: Graph, parts) -> None:
         # prove every part first, change the graph only when all fit
@@ -114,9 +117,10 @@ class UnpackFusionPass:
             widths.append(len(cols))
 
         op = torch.ops.gdn_fx.unpack.default
+        val = _fake(graph, op, list(sources), segments, widths)  # before any change to the graph
         with graph.inserting_after(anchor):
             fused = graph.call_function(op, (list(sources), segments, widths))
-        fused.meta["val"] = _fake(graph, op, list(sources), segments, widths)
+        fused.meta["val"] = val
         T = sources[0].meta["val"].shape[0]
         after = fused
         for j, (region, o, inner, _) in enumerate(plans):
