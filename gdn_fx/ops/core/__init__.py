@@ -22,6 +22,7 @@ import torch
 
 from gdn_fx.ops import checks, registry
 from gdn_fx.ops.conv1d import _validate_decode, _validate_prefill
+from gdn_fx.ops.decode.reference import split_heads
 from gdn_fx.ops.delta_rule import _validate_chunk, _validate_recurrent
 from gdn_fx.ops.gating import _validate as _validate_gating
 
@@ -36,15 +37,6 @@ def _parts(mixed_qkv, b, a, query_start_loc, state_indices, has_initial_state, n
         qsl = query_start_loc[nd : nd + np_ + 1] - ndt
         pre = (slice(ndt, ndt + npt), qsl, state_indices[seqs, 0], has_initial_state[seqs], None)
     return dec, pre
-
-
-def _split_qkv(x, num_k_heads, head_k_dim, num_v_heads, head_v_dim):
-    """x: [n, conv_dim] -> q, k: [n, NK, DK]; v: [n, NV, DV] (views)."""
-    key_dim = num_k_heads * head_k_dim
-    q, k, v = torch.split(x, [key_dim, key_dim, num_v_heads * head_v_dim], dim=-1)
-    n = x.shape[0]
-    return (q.reshape(n, num_k_heads, head_k_dim), k.reshape(n, num_k_heads, head_k_dim),
-            v.reshape(n, num_v_heads, head_v_dim))
 
 
 def _validate(mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out,
@@ -94,7 +86,7 @@ def _validate(mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_stat
             continue
         tok, qsl, idx, init, acc = part
         x = mixed_qkv[tok]
-        q, k, v = _split_qkv(x, num_k_heads, head_k_dim, NV, DV)
+        q, k, v = split_heads(x, num_k_heads, head_k_dim, NV)
         if is_dec:
             _validate_decode(x, conv_weight, conv_bias, conv_state, qsl, idx[:, 0], acc, True)
             _validate_recurrent(q, k, v, a[tok], b[tok], ssm_state, qsl, idx, acc, DK**-0.5, True)
@@ -141,7 +133,7 @@ def _gdn_core(
     if pre is not None:
         tok, qsl, idx, init, _ = pre
         x = ops.causal_conv1d_prefill(mixed_qkv[tok], conv_weight, conv_bias, conv_state, qsl, idx, init, True)
-        q, k, v = _split_qkv(x, num_k_heads, head_k_dim, NV, DV)
+        q, k, v = split_heads(x, num_k_heads, head_k_dim, NV)
         g, beta = ops.gating(a[tok], b[tok], A_log, dt_bias, allow_neg_eigval)
         core_attn_out[tok] = ops.chunk_gated_delta_rule(q, k, v, g, beta, ssm_state, qsl, idx, init, scale, True)
 

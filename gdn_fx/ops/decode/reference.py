@@ -7,11 +7,12 @@ from gdn_fx.ops.gating.reference import gating_reference
 
 
 def split_heads(x: torch.Tensor, num_k_heads: int, head_k_dim: int, num_v_heads: int):
-    """x: [T, 2*NK*DK + NV*DV] -> q, k: [T, NK, DK]; v: [T, NV, DV] (views)."""
+    """x: [T, 2*NK*DK + NV*DV] -> q, k: [T, NK, DK]; v: [T, NV, DV] (views where the strides allow)."""
     T = x.shape[0]
     key_dim = num_k_heads * head_k_dim
     q, k, v = torch.split(x, [key_dim, key_dim, x.shape[1] - 2 * key_dim], dim=-1)
-    return q.view(T, num_k_heads, head_k_dim), k.view(T, num_k_heads, head_k_dim), v.view(T, num_v_heads, -1)
+    return (q.reshape(T, num_k_heads, head_k_dim), k.reshape(T, num_k_heads, head_k_dim),
+            v.reshape(T, num_v_heads, -1))
 
 
 def fused_recurrent_decode_reference(
