@@ -49,7 +49,7 @@ CHECK = textwrap.dedent("""
         NK = 2
         NV = NK * R
         lens = [1, 3, 1, 2, 1] * (7 if FULL else 1)  # plain decodes and verifications
-        N, T = len(lens), sum(lens)
+        N, T = len(lens), sum(lens) + 2  # two rows past the last sequence: zero output
         rnd = lambda *s: torch.randn(*s, generator=g).to(DEV)
         x = rnd(T, 2 * NK * DK + NV * DV).to(torch.bfloat16)
         a, b = rnd(T, NV).to(torch.bfloat16), rnd(T, 2 * NV).to(torch.bfloat16)[:, ::2]  # b strided, as a split gives
@@ -62,11 +62,13 @@ CHECK = textwrap.dedent("""
         acc = torch.tensor([1 if n == 1 else 1 + i % 3 for i, n in enumerate(lens)], dtype=torch.int32)
         args = [t.to(DEV) for t in (qsl, perm, acc)]
         p1, p2 = pool.clone(), pool.clone()
-        o1 = fused_recurrent_decode_triton(x, a, b, A_log, dt, p1, *args, NK, DK, DK ** -0.5, R == 3)
+        o1 = torch.full((T, NV, DV), float("nan"), dtype=x.dtype, device=DEV)  # every row must be written
+        fused_recurrent_decode_triton(x, a, b, A_log, dt, p1, *args, NK, DK, DK ** -0.5, R == 3, out=o1)
         o2 = fused_recurrent_decode_reference(x, a, b, A_log, dt, p2, *args, NK, DK, DK ** -0.5, R == 3)
         torch.testing.assert_close(o1.float(), o2.float(), rtol=2e-2, atol=2e-2)  # bf16 outputs
         torch.testing.assert_close(p1, p2, rtol=1e-4, atol=1e-4)  # fp32 state
         assert torch.equal(o1[qsl[2::5].long()].float(), torch.zeros_like(o1[qsl[2::5].long()].float()))
+        assert torch.equal(o1[-2:].float(), torch.zeros_like(o1[-2:].float()))
     print("decode kernel ok")
 """)
 

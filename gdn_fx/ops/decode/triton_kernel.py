@@ -5,18 +5,22 @@ Grid: (value-dim blocks, value heads, sequences). Each program keeps its [DK, BV
 state in registers across the sequence's 1 + num_draft tokens, reads it from the checkpoint
 slot ``state_indices[n, num_accepted_tokens[n] - 1]`` and writes it after token j to
 ``state_indices[n, j]``. A sequence whose read slot is NULL_SLOT (padding) writes zeros and
-touches no state. Sizes come from tensor shapes: no host-device sync.
+touches no state; the last sequence's programs also zero the rows past its end, so every output
+row is written by this one launch (no zero-fill). Sizes come from tensor shapes: no host-device
+sync, CUDA-graph safe.
 """
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "N"])  # batch sizes vary: one compile for all
 def _decode_kernel(
     x, a, b, A_log, dt_bias, state, qsl, idx, acc, out,
-    stride_x, stride_a, stride_ah, stride_b, stride_bh, stride_idx, scale,
+    stride_x, stride_a, stride_ah, stride_b, stride_bh, stride_idx, scale, T, N,
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     S: tl.constexpr, NEG: tl.constexpr,
 ):
@@ -69,12 +73,28 @@ def _decode_kernel(
             slot_dk = tl.where(slot >= 0, live_dk, 0)
             tl.store(state + tl.maximum(slot, 0).to(tl.int64) * NV * DK * DV + p_state, h.to(state.dtype.element_ty),
                      mask=m_state & (offs_k[:, None] < slot_dk))
+    if i_n == N - 1:  # rows past the last sequence (none in a batch from build_metadata)
+        for t in range(bos + L, T):
+            tl.store(out + t * NV * DV + i_hv * DV + offs_v, tl.zeros([BV], dtype=out.dtype.element_ty), mask=mv)
+
+
+def config(DK: int, DV: int) -> dict:
+    """Block of value columns and warps per program: a [next_pow2(DK), BV] fp32 slice of the state
+    lives in registers. ``GDN_FX_DECODE_CONFIG=BV,num_warps`` overrides it (bench sweeps)."""
+    override = os.environ.get("GDN_FX_DECODE_CONFIG")
+    if override:
+        bv, warps = (int(v) for v in override.split(","))
+        return {"BV": bv, "num_warps": warps}
+    BK = triton.next_power_of_2(DK)
+    BV = min(triton.next_power_of_2(DV), 32 if BK <= 128 else 16)
+    return {"BV": BV, "num_warps": 4 if BK * BV >= 4096 else 2}
 
 
 def fused_recurrent_decode_triton(
     x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, num_k_heads,
-    head_k_dim, scale, allow_neg_eigval,
+    head_k_dim, scale, allow_neg_eigval, out=None,
 ) -> torch.Tensor:
+    """The op's cuda kernel; ``out`` ([T, NV, DV], contiguous) lets the core op write in place."""
     T = x.shape[0]
     N = query_start_loc.shape[0] - 1
     NV, DK, DV = ssm_state.shape[1:]
@@ -84,17 +104,20 @@ def fused_recurrent_decode_triton(
         return fused_recurrent_decode_reference(
             x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, num_k_heads,
             head_k_dim, scale, allow_neg_eigval)
-    # rows past the last sequence stay zero; covered rows are all written by the kernel
-    out = torch.zeros(T, NV, DV, dtype=x.dtype, device=x.device)
-    if T == 0 or N == 0:
+    if out is None:
+        out = torch.empty(T, NV, DV, dtype=x.dtype, device=x.device)
+    if T == 0:
         return out
+    if N == 0:
+        return out.zero_()
     BK = triton.next_power_of_2(DK)
-    BV = min(triton.next_power_of_2(DV), 32 if BK <= 128 else 16)
+    cfg = config(DK, DV)
+    BV = cfg["BV"]
     grid = (triton.cdiv(DV, BV), NV, N)
     _decode_kernel[grid](
         x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, out,
-        x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale,
+        x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale, T, N,
         NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=state_indices.shape[1], NEG=allow_neg_eigval,
-        num_warps=4 if BK * BV >= 4096 else 2,
+        num_warps=cfg["num_warps"],
     )
     return out
