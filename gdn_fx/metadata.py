@@ -110,8 +110,9 @@ def build_metadata(
 
     Requests must come decodes first (see ``decode_first_order``). ``pad_to``
     pads the batch to that many tokens with one-token rows of slot NULL_SLOT
-    (CUDA-graph padding); in a batch without prefills the padding rows count as
-    decodes, so the counts of a captured decode batch never change.
+    (CUDA-graph padding); in a batch without prefills every row counts as a
+    decode, so the counts of a captured decode batch are ``(pad_to, pad_to, 0, 0)``
+    whatever the mix of decodes and verifications.
     """
     if not requests:
         raise ValueError("requests must hold at least one request")
@@ -182,6 +183,10 @@ def build_metadata(
     lens += [0] * fill
     init += [False] * fill
     accepted += [1] * fill
+    if pad_to is not None and np_ == 0:
+        # a padded decode batch counts every row as a decode (the filler rows do nothing), so its
+        # counts, which a CUDA graph bakes in, depend on pad_to alone, even with draft tokens
+        nd, ndt = len(lens), pad_to
     qsl = torch.zeros(len(lens) + 1, dtype=torch.int32)
     qsl[1:] = torch.tensor(lens, dtype=torch.int32).cumsum(0)
     meta = GDNMetadata(

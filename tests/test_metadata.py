@@ -48,6 +48,16 @@ def test_decode_padding_keeps_counts_static():
         assert m.state_indices.shape == (8, 1)
 
 
+def test_padded_speculative_batch_keeps_counts_static():
+    for n, drafts in ((2, 2), (5, 1), (3, 0)):
+        reqs = [Request(1 + drafts, [3 * s, 3 * s + 1, 3 * s + 2], num_computed_tokens=4, num_draft_tokens=drafts)
+                for s in range(n)]
+        m = build_metadata(reqs, num_slots=24, num_spec=2, pad_to=16)
+        assert m.counts.tolist() == [16, 16, 0, 0]
+        assert m.query_start_loc[n].item() == n * (1 + drafts)
+        assert m.query_start_loc[-1].item() == 16 and m.state_indices[n:].eq(NULL_SLOT).all()
+
+
 def test_padding_after_prefills_is_outside_the_counts():
     m = build_metadata([Request(1, 0, num_computed_tokens=2), Request(5, 1)], num_slots=2, pad_to=9)
     assert m.counts.tolist() == [1, 1, 1, 5]
