@@ -17,6 +17,7 @@ Rows whose slot is ``NULL_SLOT`` are padding: zero output, no state access.
 import torch
 
 from gdn_fx.ops import checks, registry
+from gdn_fx.ops.delta_rule import fla as _fla
 from gdn_fx.ops.delta_rule.reference import (
     chunk_gated_delta_rule_reference,
     recurrent_gated_delta_rule_reference,
@@ -127,6 +128,11 @@ def _recurrent(
 @_recurrent.register_fake
 def _(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, num_accepted_tokens, scale, use_qk_l2norm):
     return torch.empty_like(v)
+
+
+# flash-linear-attention's chunk kernels serve cuda where a tested fla-core is installed
+if _fla.usable():
+    registry.register_kernel("chunk_gated_delta_rule", "cuda", _fla.chunk_gated_delta_rule_fla)
 
 
 def chunk_gated_delta_rule(
