@@ -60,4 +60,7 @@ def op_args(name: str, device="cpu", dtype=torch.float32, seed=0) -> tuple:
         ba = rnd(13, 2 * NV)
         segments = [0, 0, DK, 0, 2 * DK + 2 * R * DV, DK, 1, 0, 2, 1, 4, 2, 0, DK, DK]
         return ([qkvz, ba], segments, [2 * DK, 4, DK])
+    if name == "norm_gate":
+        z = rnd(13, NV, 2 * DV)[..., DV:]  # a strided slice, as of a projection output
+        return (rnd(13, NV, DV), z, rnd(DV), 1e-6, DV // 2, True, "silu", None)
     raise KeyError(name)

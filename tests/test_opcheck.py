@@ -12,7 +12,7 @@ NAMES = [e.name for e in registry.entries()]
 def test_every_op_is_covered():
     assert set(NAMES) == {
         "gating", "causal_conv1d_prefill", "causal_conv1d_decode", "chunk_gated_delta_rule",
-        "recurrent_gated_delta_rule", "gdn_core", "unpack", "fused_recurrent_decode",
+        "recurrent_gated_delta_rule", "gdn_core", "unpack", "fused_recurrent_decode", "norm_gate",
     }
 
 
@@ -30,6 +30,7 @@ MUTATED = {
     "gdn_core": {"conv_state", "ssm_state", "core_attn_out"},
     "unpack": set(),
     "fused_recurrent_decode": {"ssm_state"},
+    "norm_gate": set(),
 }
 
 

@@ -11,6 +11,7 @@ from gdn_fx.ops.core import gdn_core
 from gdn_fx.ops.decode import fused_recurrent_decode
 from gdn_fx.ops.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from gdn_fx.ops.gating import gating
+from gdn_fx.ops.norm_gate import norm_gate
 from gdn_fx.ops.unpack import unpack
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "fused_recurrent_decode",
     "gating",
     "gdn_core",
+    "norm_gate",
     "recurrent_gated_delta_rule",
     "registry",
     "unpack",
