@@ -132,3 +132,9 @@ def causal_conv1d_decode(
     return torch.ops.gdn_fx.causal_conv1d_decode(
         x, weight, bias, conv_state, query_start_loc, state_indices, num_accepted_tokens, silu
     )
+
+
+registry.register_optional_kernel("causal_conv1d_prefill", "cuda", "gdn_fx.ops.conv1d.triton_kernel",
+                                  "causal_conv1d_prefill_triton")
+registry.register_optional_kernel("causal_conv1d_decode", "cuda", "gdn_fx.ops.conv1d.triton_kernel",
+                                  "causal_conv1d_decode_triton")
