@@ -22,7 +22,7 @@ def _decode_kernel(
     x, a, b, A_log, dt_bias, state, qsl, idx, acc, out,
     stride_x, stride_a, stride_ah, stride_b, stride_bh, stride_idx, scale, T, N,
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    S: tl.constexpr, NEG: tl.constexpr,
+    S: tl.constexpr, NEG: tl.constexpr, BZ: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_hv = tl.program_id(1)
@@ -73,9 +73,11 @@ def _decode_kernel(
             slot_dk = tl.where(slot >= 0, live_dk, 0)
             tl.store(state + tl.maximum(slot, 0).to(tl.int64) * NV * DK * DV + p_state, h.to(state.dtype.element_ty),
                      mask=m_state & (offs_k[:, None] < slot_dk))
-    if i_n == N - 1:  # rows past the last sequence (none in a batch from build_metadata)
-        for t in range(bos + L, T):
-            tl.store(out + t * NV * DV + i_hv * DV + offs_v, tl.zeros([BV], dtype=out.dtype.element_ty), mask=mv)
+    # rows past the last sequence (none in a batch from build_metadata), BZ of them per program
+    # (no loop: Triton 3.6's interpreter rejects loops with loaded bounds)
+    rows = tl.load(qsl + N).to(tl.int64) + i_n * BZ + tl.arange(0, BZ)
+    tl.store(out + rows[:, None] * NV * DV + i_hv * DV + offs_v[None, :],
+             tl.zeros([BZ, BV], dtype=out.dtype.element_ty), mask=(rows < T)[:, None] & mv[None, :])
 
 
 def config(DK: int, DV: int) -> dict:
@@ -118,6 +120,6 @@ def fused_recurrent_decode_triton(
         x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, out,
         x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale, T, N,
         NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=state_indices.shape[1], NEG=allow_neg_eigval,
-        num_warps=cfg["num_warps"],
+        BZ=triton.next_power_of_2(triton.cdiv(T, N)), num_warps=cfg["num_warps"],
     )
     return out
