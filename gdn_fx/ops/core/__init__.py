@@ -155,3 +155,6 @@ def gdn_core(
         meta.query_start_loc, meta.state_indices, meta.has_initial_state, meta.num_accepted_tokens, meta.counts,
         num_k_heads, head_k_dim, allow_neg_eigval,
     )
+
+
+registry.register_optional_kernel("gdn_core", "cuda", "gdn_fx.ops.core.cuda", "gdn_core_cuda")
