@@ -2,6 +2,7 @@
 
   gdn_fx   gdn_fx::fused_recurrent_decode on the packed post-conv mixed_qkv and a, b: gating, q/k L2
            norm and the in-place update of the pooled state (shuffled slots) in one launch
+  gdn_fx_core  the whole core op of a decode batch: Triton conv window update, then the kernel above
   fla      flash-linear-attention's fused_recurrent_gated_delta_rule (q/k L2 norm in kernel) on
            split q, k, v with g and beta precomputed, initial and final state as separate tensors
            (when fla is installed)
@@ -12,6 +13,7 @@ bandwidth measured in the same run. CUDA-graph replay times.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import copy_bandwidth, device_info, graph_time, kernel_names, save  # noqa: E402
-from gdn_fx import ops  # noqa: E402
+from gdn_fx import Request, build_metadata, ops  # noqa: E402
 
 NK, NV, DK, DV = 16, 32, 128, 128
 BATCHES = (1, 32, 256)
@@ -35,7 +37,7 @@ def main():
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
     except ImportError:
         fused_recurrent_gated_delta_rule = None
-    rows = []
+    rows, sweep = [], []
     for B in BATCHES:
         g = torch.Generator(device="cuda").manual_seed(B)
         x = torch.randn(B, 2 * NK * DK + NV * DV, device="cuda", generator=g).to(torch.bfloat16)
@@ -51,7 +53,17 @@ def main():
         def run_gdn_fx():
             ops.fused_recurrent_decode(x, a, b, A_log, dt_bias, pool, qsl, slots, acc, num_k_heads=NK, head_k_dim=DK)
 
-        variants = {"gdn_fx": run_gdn_fx}
+        conv_state = torch.randn(2 * B, x.shape[1], 3, device="cuda", generator=g).to(torch.bfloat16)
+        meta = build_metadata([Request(1, int(s), num_computed_tokens=5) for s in slots[:, 0].tolist()],
+                              num_slots=2 * B, device="cuda")
+        out = torch.empty(B, NV, DV, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(x.shape[1], 4, device="cuda", generator=g).to(torch.bfloat16)
+
+        def run_core():  # conv window update + the recurrence: the whole core op of a decode batch
+            ops.gdn_core(x, b, a, w, None, A_log, dt_bias, conv_state, pool, out, meta, num_k_heads=NK,
+                         head_k_dim=DK)
+
+        variants = {"gdn_fx": run_gdn_fx, "gdn_fx_core": run_core}
         if fused_recurrent_gated_delta_rule is not None:
             q, k, v = x.split([NK * DK, NK * DK, NV * DV], -1)
             q, k, v = q.reshape(B, 1, NK, DK), k.reshape(B, 1, NK, DK), v.reshape(B, 1, NV, DV)
@@ -75,7 +87,16 @@ def main():
                          "floor_pct": 100 * floor / t, "kernel_names": kernels[:4]})
             print(f"B={B:4d} {name:20s} kernels={len(kernels)} {t * 1e6:8.1f} us  {100 * floor / t:5.1f}% of the "
                   f"state read+write floor ({floor * 1e6:.1f} us)", flush=True)
-    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows}
+        # the kernel's block of value columns and warps (GDN_FX_DECODE_CONFIG overrides config())
+        for bv, warps in ((16, 2), (16, 4), (32, 2), (32, 4), (32, 8), (64, 4), (64, 8), (128, 8)):
+            os.environ["GDN_FX_DECODE_CONFIG"] = f"{bv},{warps}"
+            try:
+                t = graph_time(run_gdn_fx)
+            finally:
+                del os.environ["GDN_FX_DECODE_CONFIG"]
+            sweep.append({"B": B, "BV": bv, "num_warps": warps, "us": t * 1e6, "floor_pct": 100 * floor / t})
+            print(f"B={B:4d} sweep BV={bv:3d} warps={warps} {t * 1e6:8.1f} us {100 * floor / t:5.1f}%", flush=True)
+    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows, "sweep": sweep}
     print("wrote", save(args.out, "decode.json", payload))
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one script the device machine runs: environment, GPU tests, benchmarks. Results land in $OUT.
 #   device.run: bash tools/gpu_check.sh [tests|bench|all]   (carry .whl for wheels the image lacks)
+#   TESTS="tests/test_a.py ..." and BENCHES="bench/bench_a.py ..." narrow a run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gdn_fx_out}
@@ -33,8 +34,17 @@ PY
 status=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
   # the device-parametrized tests (ops, layers) on cuda, then every gpu-marked test
-  GDN_FX_TEST_DEVICE=cuda python3 -m pytest tests -q -p no:cacheprovider "${@:2}" 2>&1 | tee "$OUT/tests.log"
+  GDN_FX_TEST_DEVICE=cuda python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider "${@:2}" 2>&1 | tee "$OUT/tests.log"
   status=$((status | ${PIPESTATUS[0]}))
+  # again with flash-linear-attention importable: the ops whose cuda kernels then come from fla
+  # (these tests never build a transformers layer)
+  if [ -d /tmp/site_fla ]; then
+    PYTHONPATH=$PYTHONPATH:/tmp/site_fla GDN_FX_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider \
+      ${FLA_TESTS:-tests/test_ops.py tests/test_registry.py tests/test_core_cuda.py tests/test_cuda_graph.py} \
+      "${@:2}" 2>&1 \
+      | tee "$OUT/tests_fla.log"
+    status=$((status | ${PIPESTATUS[0]}))
+  fi
 fi
 if [ "$what" = all ]; then
   # the demo and the fusion report on the GPU (Triton kernel counts per layer)
@@ -42,7 +52,7 @@ if [ "$what" = all ]; then
   status=$((status | ${PIPESTATUS[0]}))
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  for b in bench/bench_*.py; do
+  for b in ${BENCHES:-bench/bench_*.py}; do
     [ -e "$b" ] || continue
     PYTHONPATH=$PYTHONPATH:/tmp/site_fla python3 "$b" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
     status=$((status | ${PIPESTATUS[0]}))
