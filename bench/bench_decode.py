@@ -88,7 +88,7 @@ def main():
             print(f"B={B:4d} {name:20s} kernels={len(kernels)} {t * 1e6:8.1f} us  {100 * floor / t:5.1f}% of the "
                   f"state read+write floor ({floor * 1e6:.1f} us)", flush=True)
         # the kernel's block of value columns and warps (GDN_FX_DECODE_CONFIG overrides config())
-        for bv, warps in ((16, 2), (16, 4), (32, 2), (32, 4), (32, 8), (64, 4), (64, 8), (128, 8)):
+        for bv, warps in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
             os.environ["GDN_FX_DECODE_CONFIG"] = f"{bv},{warps}"
             try:
                 t = graph_time(run_gdn_fx)
