@@ -39,7 +39,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   # again with flash-linear-attention importable: the ops whose cuda kernels then come from fla
   # (these tests never build a transformers layer)
   if [ -d /tmp/site_fla ]; then
-    PYTHONPATH=$PYTHONPATH:/tmp/site_fla GDN_FX_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider \
+    GDN_FX_FLA=1 PYTHONPATH=$PYTHONPATH:/tmp/site_fla GDN_FX_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider \
       ${FLA_TESTS:-tests/test_ops.py tests/test_registry.py tests/test_core_cuda.py tests/test_cuda_graph.py} \
       "${@:2}" 2>&1 \
       | tee "$OUT/tests_fla.log"
@@ -54,7 +54,7 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   for b in ${BENCHES:-bench/bench_*.py}; do
     [ -e "$b" ] || continue
-    PYTHONPATH=$PYTHONPATH:/tmp/site_fla python3 "$b" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+    GDN_FX_FLA=1 PYTHONPATH=$PYTHONPATH:/tmp/site_fla python3 "$b" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
     status=$((status | ${PIPESTATUS[0]}))
   done
 fi

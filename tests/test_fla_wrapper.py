@@ -1,0 +1,99 @@
+"""The flash-linear-attention wrapper's bookkeeping (slot gather/scatter, fresh and continued
+sequences, padding, empty sequences, rows past the end, gate/beta in kernel), on the CPU with a
+stand-in for fla's ``chunk_gated_delta_rule`` that implements its documented contract with the
+fp64 oracle. The real fla kernels run in tools/gpu_check.sh (GDN_FX_FLA=1)."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from gdn_fx.ops import NULL_SLOT
+from gdn_fx.ops.delta_rule import fla
+from tests import oracle
+
+NK, R, DK, DV = 2, 3, 8, 12
+NV = NK * R
+
+
+def fake_chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                                use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+                                allow_neg_eigval=False, cu_seqlens=None, cu_seqlens_cpu=None,
+                                use_gate_in_kernel=False, A_log=None, dt_bias=None):
+    """fla 0.6.0's documented contract: [1, T, H, K] inputs, cu_seqlens int64 with a CPU copy,
+    initial_state [N, HV, K, V] fp32, returns (o [1, T, HV, V], final_state [N, HV, K, V])."""
+    assert q.shape[0] == 1 and cu_seqlens.dtype == torch.int64 and cu_seqlens_cpu.device.type == "cpu"
+    assert torch.equal(cu_seqlens.cpu(), cu_seqlens_cpu) and int(cu_seqlens_cpu[0]) == 0
+    assert int(cu_seqlens_cpu[-1]) == q.shape[1], "fla sees exactly the tokens of its sequences"
+    assert (cu_seqlens_cpu[1:] > cu_seqlens_cpu[:-1]).all(), "no empty sequence reaches fla"
+    assert initial_state.shape == (len(cu_seqlens_cpu) - 1, v.shape[2], q.shape[3], v.shape[3])
+    assert initial_state.dtype == torch.float32 and output_final_state
+    if use_gate_in_kernel:
+        g, _ = oracle.gating(g[0], beta[0], A_log, dt_bias)
+        g = g[None]
+    if use_beta_sigmoid_in_kernel:
+        beta = torch.sigmoid(beta.double()) * (2 if allow_neg_eigval else 1)
+    o = torch.empty(v.shape, dtype=v.dtype)
+    finals = []
+    for i, (s, e) in enumerate(zip(cu_seqlens_cpu[:-1].tolist(), cu_seqlens_cpu[1:].tolist())):
+        o_i, states = oracle.delta_rule(q[0, s:e], k[0, s:e], v[0, s:e], g[0, s:e], beta[0, s:e], initial_state[i],
+                                        scale, l2norm=use_qk_l2norm_in_kernel)
+        o[0, s:e] = o_i.to(v.dtype)
+        finals.append(states[-1].float())
+    return o, torch.stack(finals)
+
+
+@pytest.fixture
+def fake_fla(monkeypatch):
+    mod = types.ModuleType("fla.ops.gated_delta_rule")
+    mod.chunk_gated_delta_rule = fake_chunk_gated_delta_rule
+    for name in ("fla", "fla.ops"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "fla.ops.gated_delta_rule", mod)
+
+
+@pytest.mark.parametrize("gate_in_kernel", [False, True], ids=["g_beta_given", "gate_and_beta_in_kernel"])
+def test_chunk_prefill_bookkeeping(fake_fla, gate_in_kernel):
+    gen = torch.Generator().manual_seed(3)
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    # continued (slot 4), empty filler, padding (NULL), fresh (slot 1), then 2 rows past the end
+    lens, slots, init = [5, 0, 7, 3], [4, NULL_SLOT, NULL_SLOT, 1], [True, False, True, False]
+    T = sum(lens) + 2
+    qsl = torch.tensor([0, 5, 5, 12, 15], dtype=torch.int32)
+    q, k, v = rnd(T, NK, DK), rnd(T, NK, DK), rnd(T, NV, DV)
+    a, b = rnd(T, NV), rnd(T, NV)
+    A_log, dt_bias = 0.5 * rnd(NV), 0.5 * rnd(NV)
+    g_log, beta = oracle.gating(a, b, A_log, dt_bias, allow_neg_eigval=True)
+    pool = rnd(6, NV, DK, DV)
+    before = pool.clone()
+    idx, has = torch.tensor(slots, dtype=torch.int32), torch.tensor(init)
+    out = torch.full((T, NV, DV), float("nan"))
+    if gate_in_kernel:
+        fla.chunk_prefill(q, k, v, a, b, pool, qsl, idx, has, DK**-0.5, use_qk_l2norm=True, A_log=A_log,
+                          dt_bias=dt_bias, beta_logits=True, allow_neg_eigval=True, out=out)
+    else:
+        fla.chunk_prefill(q, k, v, g_log.float(), beta.float(), pool, qsl, idx, has, DK**-0.5, use_qk_l2norm=True,
+                          out=out)
+    for s, e, slot, h0 in ((0, 5, 4, before[4]), (12, 15, 1, torch.zeros_like(before[1]))):
+        o_ref, states = oracle.delta_rule(q[s:e], k[s:e], v[s:e], g_log[s:e], beta[s:e], h0, DK**-0.5)
+        torch.testing.assert_close(out[s:e].double(), o_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pool[slot].double(), states[-1], rtol=1e-5, atol=1e-5)
+    assert out[5:12].eq(0).all() and out[15:].eq(0).all()  # padding and rows past the end
+    untouched = [s for s in range(6) if s not in (4, 1)]
+    assert torch.equal(pool[untouched], before[untouched])
+
+
+def test_usable_needs_a_tested_version_or_the_opt_in(monkeypatch):
+    versions = {"fla-core": "0.6.0"}
+    monkeypatch.setattr(fla.importlib.metadata, "version", lambda name: versions[name])
+    monkeypatch.setattr(fla.importlib.util, "find_spec", lambda name: object())
+    for env, tested, want in ((None, (), False), ("1", (), True), (None, ("0.6.0",), True)):
+        fla.usable.cache_clear()
+        monkeypatch.setattr(fla, "TESTED_VERSIONS", tested)
+        if env is None:
+            monkeypatch.delenv("GDN_FX_FLA", raising=False)
+        else:
+            monkeypatch.setenv("GDN_FX_FLA", env)
+        assert fla.usable() is want
+    fla.usable.cache_clear()
