@@ -40,3 +40,26 @@ def test_qwen3_next_layer_glue_kernels():
     names = cuda_kernels(lambda: step(h, *pools, meta))
     assert rec.match_counts["unpack"] == 1
     assert sum("unpack" in n for n in names) == 1, names
+
+
+GEMM_NAMES = ("gemm", "nvjet", "cutlass", "xmma", "matmul", "splitk", "sm90_")
+
+
+@pytest.mark.parametrize("variant", ["qwen3_next", "qwen3_5", "olmo_hybrid"])
+def test_layer_decode_step_kernel_budget(variant):
+    """Issue 5's budget: a compiled layer's decode step launches at most 3 kernels besides the GEMMs
+    (Qwen3-Next: the unpack, the one-launch core decode, the norm-gate; the flat layouts need no unpack)."""
+    from gdn_fx import Request, build_metadata
+    from gdn_fx.demo import random_layer
+
+    torch._dynamo.reset()
+    layer = random_layer(variant, "cuda", torch.bfloat16)
+    step = compile_fresh(layer.forward_serving, RecordingBackend(), dynamic=True)
+    pools = layer.allocate_state(16)
+    meta = build_metadata([Request(1, s, num_computed_tokens=4) for s in range(0, 16, 2)], num_slots=16,
+                          device="cuda", pad_to=8)
+    h = torch.randn(8, layer.hidden_size, device="cuda", dtype=torch.bfloat16)
+    names = cuda_kernels(lambda: step(h, *pools, meta))
+    others = [n for n in names if not any(g in n.lower() for g in GEMM_NAMES)]
+    assert len(others) <= 3, others
+    assert sum("core_decode" in n for n in names) == 1, names
