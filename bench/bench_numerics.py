@@ -36,7 +36,9 @@ class Stack:
         fn = Qwen3NextGatedDeltaNet.forward_serving
         if compile_with is not None:
             # one code object, one graph per layer instance and per T == 1 / T > 1
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(layers))
+            cfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+            setattr(cfg, name, max(getattr(cfg, name), 4 * len(layers)))
             fn = torch.compile(fn, backend=compile_with, fullgraph=True, dynamic=True)
         self.fn, self.device, self.dtype = fn, device, dtype
 
