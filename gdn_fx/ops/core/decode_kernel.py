@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from gdn_fx.ops.decode.triton_kernel import config, gated_delta_step
+
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
 
@@ -109,22 +111,13 @@ def _core_decode_kernel(
                            stride_x, j, W)
             v = _conv_silu(base_s + c_v * stride_cd, base_x + c_v, conv_w + c_v * stride_w, b_v, o, mv, stride_cl,
                            stride_x, j, W)
-            # gating: g = -exp(A_log) softplus(a + dt_bias) (threshold 20), beta = sigmoid(b) (x2)
-            av = tl.load(a + t * stride_a + i_hv * stride_ah).to(tl.float32) + bias
-            g = A * tl.where(av > 20.0, av, tl.log(1.0 + tl.exp(av)))
-            beta = tl.sigmoid(tl.load(b + t * stride_b + i_hv * stride_bh).to(tl.float32))
-            if NEG:
-                beta = beta * 2.0
             # the conv's outputs round to the activation dtype, as the two-op path stores them
             q = q.to(x.dtype.element_ty).to(tl.float32)
             k = k.to(x.dtype.element_ty).to(tl.float32)
             v = v.to(x.dtype.element_ty).to(tl.float32)
-            q = q * tl.rsqrt(tl.sum(q * q) + 1e-6) * scale
-            k = k * tl.rsqrt(tl.sum(k * k) + 1e-6)
-            h = h * tl.exp(g)
-            u = beta * (v - tl.sum(h * k[:, None], 0))
-            h = h + k[:, None] * u[None, :]
-            o_t = tl.sum(h * q[:, None], 0)
+            a_t = tl.load(a + t * stride_a + i_hv * stride_ah).to(tl.float32)
+            b_t = tl.load(b + t * stride_b + i_hv * stride_bh).to(tl.float32)
+            h, o_t = gated_delta_step(h, q, k, v, a_t, b_t, A, bias, scale, NEG)
             o_t = tl.where(live, o_t, 0.0)
             tl.store(out + t * NV * DV + i_hv * DV + offs_v, o_t.to(out.dtype.element_ty), mask=offs_v < DV)
             slot = tl.load(idx + i_n * stride_idx + j)
@@ -169,8 +162,6 @@ def supports(x, conv_weight, conv_state, ssm_state, state_indices) -> bool:
 def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, query_start_loc,
                        state_indices, num_accepted_tokens, num_k_heads, head_k_dim, scale, allow_neg_eigval, out):
     """x: [T, 2*NK*DK + NV*DV] pre-conv; out: [T, NV, DV] contiguous, every row written. One launch."""
-    from gdn_fx.ops.decode.triton_kernel import config
-
     T = x.shape[0]
     N = query_start_loc.shape[0] - 1
     NV, DK, DV = ssm_state.shape[1:]

@@ -17,6 +17,25 @@ import triton
 import triton.language as tl
 
 
+@triton.jit
+def gated_delta_step(h, q, k, v, a_t, b_t, A, dt_bias, scale, NEG: tl.constexpr):
+    """One token of one value head: h [BK, BV] fp32 state slice; q, k [BK], v [BV] fp32 (unnormalised);
+    a_t, b_t the raw gate inputs; A = -exp(A_log). Gating g = A softplus(a_t + dt_bias) (threshold 20),
+    beta = sigmoid(b_t) (x2 with NEG); q, k L2-normalised, q scaled; then S = exp(g) S,
+    u = beta (v - S^T k), S += k u^T, o = S^T q. Returns (h, o [BV])."""
+    av = a_t + dt_bias
+    g = A * tl.where(av > 20.0, av, tl.log(1.0 + tl.exp(av)))
+    beta = tl.sigmoid(b_t)
+    if NEG:
+        beta = beta * 2.0
+    q = q * tl.rsqrt(tl.sum(q * q) + 1e-6) * scale
+    k = k * tl.rsqrt(tl.sum(k * k) + 1e-6)
+    h = h * tl.exp(g)
+    u = beta * (v - tl.sum(h * k[:, None], 0))
+    h = h + k[:, None] * u[None, :]
+    return h, tl.sum(h * q[:, None], 0)
+
+
 @triton.jit(do_not_specialize=["T", "N"])  # batch sizes vary: one compile for all
 def _decode_kernel(
     x, a, b, A_log, dt_bias, state, qsl, idx, acc, out,
@@ -54,19 +73,9 @@ def _decode_kernel(
             q = tl.load(p_x + i_hk * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
             k = tl.load(p_x + NK * DK + i_hk * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
             v = tl.load(p_x + 2 * NK * DK + i_hv * DV + offs_v, mask=mv, other=0.0).to(tl.float32)
-            # gating: g = -exp(A_log) softplus(a + dt_bias) (threshold 20), beta = sigmoid(b) (x2)
-            av = tl.load(a + t * stride_a + i_hv * stride_ah).to(tl.float32) + bias
-            g = A * tl.where(av > 20.0, av, tl.log(1.0 + tl.exp(av)))
-            beta = tl.sigmoid(tl.load(b + t * stride_b + i_hv * stride_bh).to(tl.float32))
-            if NEG:
-                beta = beta * 2.0
-            q = q * tl.rsqrt(tl.sum(q * q) + 1e-6) * scale
-            k = k * tl.rsqrt(tl.sum(k * k) + 1e-6)
-            # S = exp(g) S; u = beta (v - S^T k); S += k u^T; o = S^T q
-            h = h * tl.exp(g)
-            u = beta * (v - tl.sum(h * k[:, None], 0))
-            h = h + k[:, None] * u[None, :]
-            o = tl.sum(h * q[:, None], 0)
+            a_t = tl.load(a + t * stride_a + i_hv * stride_ah).to(tl.float32)
+            b_t = tl.load(b + t * stride_b + i_hv * stride_bh).to(tl.float32)
+            h, o = gated_delta_step(h, q, k, v, a_t, b_t, A, bias, scale, NEG)
             o = tl.where(live, o, 0.0)
             tl.store(out + t * NV * DV + i_hv * DV + offs_v, o.to(out.dtype.element_ty), mask=mv)
             slot = tl.load(idx + i_n * stride_idx + j)
