@@ -14,7 +14,6 @@ in and out, at the copy bandwidth measured in the same run.
 
 import argparse
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import copy_bandwidth, device_info, graph_time, kernel_names, save  # noqa: E402
+from bench.common import copy_bandwidth, device_info, event_time, graph_time, kernel_names, save  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
@@ -30,22 +29,6 @@ HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
 PREFILL = (8, 2048)
 GEMM = re.compile(r"gemm|nvjet|cutlass|xmma|matmul|splitk|sm90_", re.I)
-
-
-def event_time(fn, reps: int = 10, inner: int = 3) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / inner)
-    return statistics.median(times)
 
 
 def floor_bytes(layer, B: int, tokens: int) -> int:
@@ -89,7 +72,7 @@ def main():
                 try:
                     step()
                     kernels = kernel_names(step)
-                    t = graph_time(step) if kind == "decode" else event_time(step)
+                    t = graph_time(step) if kind == "decode" else event_time(step, inner=3)
                 except Exception as e:  # a variant that fails is reported, not fatal
                     print(f"{kind} B={B} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                     continue

@@ -16,7 +16,6 @@ wall times of back-to-back calls (median of 10 x 5), not graph replays.
 """
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,28 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import device_info, save  # noqa: E402
+from bench.common import device_info, event_time, save  # noqa: E402
 from gdn_fx import Request, build_metadata, ops  # noqa: E402
 from gdn_fx.ops import registry  # noqa: E402
 
 NK, NV, DK, DV, W = 16, 32, 128, 128, 4
 SHAPES = ((1, 4096), (1, 16384), (8, 2048), (64, 256))
-
-
-def event_time(fn, reps: int = 10, inner: int = 5) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / inner)
-    return statistics.median(times)
 
 
 def main():

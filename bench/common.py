@@ -31,13 +31,25 @@ def graph_time(fn, reps: int = 20, inner: int = 50, warmup: int = 3) -> float:
         fn()
     for _ in range(3):
         g.replay()
+    return _median_time(g.replay, reps, inner)
+
+
+def event_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
+    """Seconds per call of ``fn`` run eagerly back to back (for work that cannot be captured, e.g.
+    it reads sizes on the host): the median over ``reps`` CUDA-event timings of ``inner`` calls."""
+    for _ in range(warmup):
+        fn()
+    return _median_time(fn, reps, inner)
+
+
+def _median_time(fn, reps: int, inner: int) -> float:
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         for _ in range(inner):
-            g.replay()
+            fn()
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b) / 1e3 / inner)
