@@ -239,3 +239,22 @@ def test_core_matches_composed_ops(dtype):
     torch.testing.assert_close(out[4:46], ref_p, rtol=0, atol=0)
     assert torch.equal(out[46:], torch.zeros_like(out[46:]))  # padding rows
     assert torch.equal(conv_pool, cp) and torch.equal(ssm_pool, sp)
+
+
+def test_prefill_ops_leave_the_state_of_a_zero_token_sequence_alone():
+    """A sequence with no tokens this step (live slot, with or without initial state) touches no state."""
+    gen = torch.Generator().manual_seed(5)
+    qsl = torch.tensor([0, 3, 3, 3, 5], dtype=torch.int32)
+    slots = torch.tensor([0, 1, 2, 3], dtype=torch.int32)
+    init = torch.tensor([False, True, False, True])
+    x, w = torch.randn(5, 6, generator=gen), torch.randn(6, 4, generator=gen)
+    conv = torch.randn(4, 6, 3, generator=gen)
+    before = conv.clone()
+    ops.causal_conv1d_prefill(x, w, None, conv, qsl, slots, init)
+    assert torch.equal(conv[1:3], before[1:3]) and not torch.equal(conv[0], before[0])
+    q, k, v = torch.randn(5, 1, 4, generator=gen), torch.randn(5, 1, 4, generator=gen), torch.randn(5, 2, 3, generator=gen)
+    g, beta = -torch.rand(5, 2, generator=gen), torch.rand(5, 2, generator=gen)
+    ssm = torch.randn(4, 2, 4, 3, generator=gen)
+    before = ssm.clone()
+    ops.chunk_gated_delta_rule(q, k, v, g, beta, ssm, qsl, slots, init)
+    assert torch.equal(ssm[1:3], before[1:3]) and not torch.equal(ssm[0], before[0])

@@ -12,6 +12,7 @@ layout) and writes back every input of the step, so the next step can continue
 from whichever token was accepted.
 
 Rows whose slot is ``NULL_SLOT`` are padding: zero output, no state access.
+A sequence with no tokens this step leaves its slot's state as it is.
 """
 
 import torch

@@ -28,7 +28,7 @@ def causal_conv1d_prefill_reference(
     init = has_initial_state.tolist()
     for i, slot in enumerate(slots):
         s, e = qsl[i], qsl[i + 1]
-        if slot == NULL_SLOT:
+        if slot == NULL_SLOT or e == s:  # padding, or no tokens: the state is left as it is
             continue
         if init[i]:
             hist = conv_state[slot, :, : W - 1].float()

@@ -12,6 +12,7 @@ S = 1 and num_accepted_tokens = 1, an in-place update).
 Shapes: q, k: [T, NK, DK]; v: [T, NV, DV] with NV % NK == 0 (value head h reads key
 head h // (NV / NK)); g, beta: [T, NV]; ssm_state: [num_slots, NV, DK, DV] ([K, V] layout).
 Rows whose slot is ``NULL_SLOT`` are padding: zero output, no state access.
+A sequence with no tokens this step leaves its slot's state as it is.
 """
 
 import torch

@@ -78,7 +78,7 @@ def chunk_gated_delta_rule_reference(
     NV, DK, DV = ssm_state.shape[1:]
     for i, slot in enumerate(slots):
         s, e = qsl[i], qsl[i + 1]
-        if slot == NULL_SLOT:
+        if slot == NULL_SLOT or e == s:  # padding, or no tokens: the state is left as it is
             continue
         qi, ki, vi, gi, bi = _prep(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], scale, use_qk_l2norm)
         if init[i]:
