@@ -60,18 +60,21 @@ CHECK = textwrap.dedent("""
         dead = [t for i in null for t in range(int(qsl[i]), int(qsl[i + 1]))] + list(range(int(qsl[-1]), T))
         return qsl.to(torch.int32), idx.to(idx_dtype)[:, 0], S, T, dead
 
+    def inputs(T, D, W, S, cols, x_dtype, s_dtype, use_bias):
+        # x: [T, D] with strided rows (a column slice of a wider tensor), weight, bias, a state pool; on DEV
+        x = rnd(T, D + 7).to(x_dtype)[:, 3 : 3 + D]
+        weight = rnd(D, W) * 0.5
+        bias = rnd(D) if use_bias else None
+        pool = rnd(S, D, cols).to(s_dtype)
+        return [None if t is None else t.to(DEV) for t in (x, weight, bias, pool)]
+
     def prefill_case(lens, null, pad, W, D, x_dtype, s_dtype, idx_dtype, use_bias, L_extra, split=None, cfg=None):
         qsl, idx, S, T, dead = batch(lens, 3, idx_dtype, width=2, null=null, pad=pad)
         N = len(lens)
         init = torch.rand(N, generator=g) < 0.5
         init[0], init[1], init[-1] = True, False, False
-        wide = rnd(T, D + 7).to(x_dtype)
-        x = wide[:, 3 : 3 + D]  # strided rows, as a column slice gives
-        weight = rnd(D, W) * 0.5
-        bias = rnd(D) if use_bias else None
-        pool = rnd(S, D, W - 1 + L_extra).to(s_dtype)
-        dev = lambda *ts: [None if t is None else t.to(DEV) for t in ts]
-        x, weight, bias, pool, qsl, idx, init = dev(x, weight, bias, pool, qsl, idx, init)
+        x, weight, bias, pool = inputs(T, D, W, S, W - 1 + L_extra, x_dtype, s_dtype, use_bias)
+        qsl, idx, init = (t.to(DEV) for t in (qsl, idx, init))
         p_ref, p_tri = pool.clone(), pool.clone()
         tk.config = cfg or _config
         try:
@@ -107,13 +110,8 @@ CHECK = textwrap.dedent("""
         null = [2, N - 3, N - 2, N - 1]  # one padding decode + the fillers
         qsl, idx, S, T, dead = batch(lens, 2, idx_dtype, width=1 + num_spec, null=null, pad=2)
         acc = torch.randint(1, num_spec + 2, (N,), generator=g).to(idx_dtype)
-        wide = rnd(T, D + 5).to(x_dtype)
-        x = wide[:, 5:]
-        weight = rnd(D, W) * 0.5
-        bias = rnd(D) if use_bias else None
-        pool = rnd(S, D, W - 1 + num_spec).to(s_dtype)
-        dev = lambda *ts: [None if t is None else t.to(DEV) for t in ts]
-        x, weight, bias, pool, qsl, idx, acc = dev(x, weight, bias, pool, qsl, idx, acc)
+        x, weight, bias, pool = inputs(T, D, W, S, W - 1 + num_spec, x_dtype, s_dtype, use_bias)
+        qsl, idx, acc = (t.to(DEV) for t in (qsl, idx, acc))
         p_ref, p_tri = pool.clone(), pool.clone()
         tk.config = cfg or _config
         try:
