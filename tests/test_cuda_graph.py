@@ -46,7 +46,6 @@ def test_decode_step_captured_and_replayed(num_spec, compiled):
     eager_pools = _pools(layer, num_spec)
     graph_pools = tuple(p.clone() for p in eager_pools)
     # static inputs, sized for the largest batch: every replay copies its step into them
-    meta0 = build_metadata(_batch(0, num_spec), num_slots=SLOTS, num_spec=num_spec, device="cuda", pad_to=ROWS)
     static_meta = build_metadata(_batch(0, num_spec), num_slots=SLOTS, num_spec=num_spec, device="cuda", pad_to=ROWS)
     static_h = torch.randn(ROWS, HIDDEN, device="cuda", dtype=torch.bfloat16)
     warm_pools = tuple(p.clone() for p in eager_pools)
@@ -62,7 +61,7 @@ def test_decode_step_captured_and_replayed(num_spec, compiled):
     # the capture itself must not have changed the pools
     for p, q in zip(graph_pools, eager_pools):
         assert torch.equal(p, q)
-    assert meta0.counts.tolist() == [ROWS, ROWS, 0, 0]
+    assert static_meta.counts.tolist() == [ROWS, ROWS, 0, 0]
     for step in range(6):
         reqs = _batch(step, num_spec)
         meta = build_metadata(reqs, num_slots=SLOTS, num_spec=num_spec, device="cuda", pad_to=ROWS)
