@@ -31,9 +31,8 @@ the output is in x's dtype. Any doubt and nothing fires (a norm over another dim
 an intermediate that another op reads).
 
 Where it fires: on the devices where ``gdn_fx::norm_gate`` has a kernel (cuda, with Triton: one
-launch, 97 % of copy bandwidth at T=16384, see the kernel's docstring). On the CPU Inductor
-already emits one C++ loop for the norm, about 2.3x faster than the op's reference (T=512,
-C=4096, bf16, one thread: 2.3 vs 5.2 ms), so CPU graphs are left alone unless asked
+launch). On the CPU Inductor already emits one C++ loop for the norm, which ran faster than the
+op's single-pass reference in a development check, so CPU graphs are left alone unless asked
 (``NormGateFusionPass(devices=("cpu",))``, as the tests do). Numerics: the op computes in fp32 in
 the module's order of operations (on the CPU it is the eager module's arithmetic); the kernel is
 within 1 bf16 ulp of it. Training graphs do not fire (the rstd saved for backward is an extra

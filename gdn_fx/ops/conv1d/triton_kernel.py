@@ -238,7 +238,7 @@ def _conv_decode_kernel(
 
 
 def config(kind: str, D: int, N: int, W: int, head_k_dim: int | None = None) -> dict:
-    """Block sizes, tuned on H100 (bf16, D = 8192). The ops are memory-bound: wide channel blocks
+    """Block sizes, from a development sweep on an H100 (bf16, D = 8192; not yet a bench script). The ops are memory-bound: wide channel blocks
     keep loads coalesced, and few elements per thread keep registers low enough for the occupancy
     that hides memory latency (the conv kernel issues its W shifted loads together).
 
