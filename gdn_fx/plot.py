@@ -13,10 +13,13 @@ OTHER = [("tab:green", "v", 7), ("tab:brown", "P", 7), ("tab:gray", "X", 7), ("t
 
 
 def kind(data: dict) -> str | None:
-    """Which benchmark a JSON holds, from its rows: "unpack", "layer", "decode", or None (not plotted)."""
+    """Which benchmark a JSON holds, from its rows: "unpack", "norm_gate", "layer", "decode", or None
+    (not plotted)."""
     rows = data.get("rows") if isinstance(data, dict) else None
     if not rows or "us" not in rows[0]:
         return None
+    if data.get("bench") == "norm_gate":
+        return "norm_gate"
     if "T" in rows[0]:
         return "unpack"
     if rows[0].get("kind") is not None and "other_kernels" in rows[0]:
@@ -32,6 +35,9 @@ def series(data: dict) -> tuple[str, str, str, dict[str, list[tuple]]]:
     if k == "unpack":
         rows, x, kern = data["rows"], (lambda r: r["T"]), "kernels"
         title, xlabel, klabel = "unpack glue (one Qwen3-Next layer)", "tokens T", "kernels per call"
+    elif k == "norm_gate":
+        rows, x, kern = data["rows"], (lambda r: r["T"]), "kernels"
+        title, xlabel, klabel = "norm-gate + flatten (one Qwen3-Next layer)", "tokens T", "kernels per call"
     elif k == "layer":
         rows = [r for r in data["rows"] if r["kind"] == "decode"]
         x, kern = (lambda r: r["B"] * r["L"]), "other_kernels"

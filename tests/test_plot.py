@@ -32,10 +32,15 @@ def test_plot(tmp_path, capsys):
     layer = _layer_json(tmp_path / "layer.json")
     other = tmp_path / "numerics.json"
     other.write_text(json.dumps({"device": "cuda", "report": {}}))
-    out = plot([UNPACK, layer, other], str(tmp_path / "bench.png"))
+    norm = tmp_path / "norm_gate.json"  # bench_norm_gate.py's shape: T rows like unpack's, told apart by "bench"
+    norm.write_text(json.dumps({"bench": "norm_gate", "device": "Fake GPU", "rows": [
+        {"T": T, "variant": v, "kernels": k, "us": 2.0 + T / 100 * k, "floor_us": T / 120} for T in (1, 256, 16384)
+        for v, k in (("eager", 12), ("gdn_fx", 1))]}))
+    out = plot([UNPACK, layer, other, norm], str(tmp_path / "bench.png"))
     assert out and Path(out).stat().st_size > 10_000
     assert "skipping" in capsys.readouterr().out
-    assert [kind(json.loads(p.read_text())) for p in (UNPACK, layer, other)] == ["unpack", "layer", None]
+    kinds = [kind(json.loads(p.read_text())) for p in (UNPACK, layer, other, norm)]
+    assert kinds == ["unpack", "layer", None, "norm_gate"]
 
 
 def test_cli_plot_only(tmp_path):
