@@ -97,3 +97,46 @@ def test_usable_needs_a_tested_version_or_the_opt_in(monkeypatch):
             monkeypatch.setenv("GDN_FX_FLA", env)
         assert fla.usable() is want
     fla.usable.cache_clear()
+
+
+@pytest.mark.gpu
+def test_real_fla_bf16_against_the_oracle():
+    """The real fla kernels through the registry's cuda chunk op, Qwen3-Next head dims, bf16: mixed
+    fresh/continued/NULL/odd-length sequences against the fp64 oracle on the same bf16 inputs. One shape
+    only: fla autotunes each kernel per new shape."""
+    if not fla.usable():
+        pytest.skip("fla-core not usable (install it and set GDN_FX_FLA=1)")
+    from gdn_fx import ops
+
+    gen = torch.Generator().manual_seed(11)
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    nk, r, dk, dv = 2, 4, 128, 128
+    nv = nk * r
+    lens, slots, init = [63, 1000, 0, 130, 5], [7, 2, NULL_SLOT, NULL_SLOT, 0], [True, False, False, True, True]
+    T = sum(lens)
+    qsl = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (rnd(T, nk, dk).bfloat16(), rnd(T, nk, dk).bfloat16(), rnd(T, nv, dv).bfloat16())
+    g_log, beta = oracle.gating(rnd(T, nv), rnd(T, nv), 0.5 * rnd(nv), 0.5 * rnd(nv))
+    g_log, beta = g_log.float(), beta.float()
+    pool = 0.1 * rnd(9, nv, dk, dv)
+    before = pool.clone()
+    dev = lambda t: t.cuda()  # noqa: E731
+    pool_d = dev(pool)
+    o = ops.chunk_gated_delta_rule(dev(q), dev(k), dev(v), dev(g_log), dev(beta), pool_d, dev(qsl),
+                                   dev(torch.tensor(slots, dtype=torch.int32)), dev(torch.tensor(init)),
+                                   use_qk_l2norm=True).cpu()
+    pool = pool_d.cpu()
+    for i, n in enumerate(lens):
+        s = int(qsl[i])
+        if slots[i] == NULL_SLOT:
+            assert o[s : s + n].eq(0).all(), f"padding sequence {i}"
+            continue
+        h0 = before[slots[i]] if init[i] else torch.zeros(nv, dk, dv)
+        o_ref, states = oracle.delta_rule(q[s : s + n], k[s : s + n], v[s : s + n], g_log[s : s + n], beta[s : s + n],
+                                          h0, dk**-0.5, l2norm=True)
+        if n:
+            torch.testing.assert_close(o[s : s + n].double(), o_ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"o[{i}]: {m}")
+        torch.testing.assert_close(pool[slots[i]].double(), states[-1], rtol=2e-2, atol=2e-2,
+                                   msg=lambda m: f"state[{i}]: {m}")
+    untouched = [j for j in range(9) if j not in slots]
+    assert torch.equal(pool[untouched], before[untouched])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one script the device machine runs: environment, GPU tests, benchmarks. Results land in $OUT.
 #   device.run: bash tools/gpu_check.sh [tests|bench|all]   (carry .whl for wheels the image lacks)
-#   TESTS="tests/test_a.py ..." and BENCHES="bench/bench_a.py ..." narrow a run
+#   TESTS="tests/test_a.py ..." and BENCHES="bench/bench_a.py ..." narrow a run;
+#   TESTS_S / FLA_TESTS_S / BENCH_S cap each pytest run or benchmark in seconds, so a hang still leaves its log in $OUT
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gdn_fx_out}
@@ -33,16 +34,21 @@ print(f"device {p.name} sms={p.multi_processor_count} mem={p.total_memory / 2**3
 PY
 status=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  # the device-parametrized tests (ops, layers) on cuda, then every gpu-marked test
-  GDN_FX_TEST_DEVICE=cuda python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider "${@:2}" 2>&1 | tee "$OUT/tests.log"
-  status=$((status | ${PIPESTATUS[0]}))
+  # the device-parametrized tests (ops, layers against transformers) on cuda, then every gpu-marked
+  # test (the CPU suite runs the rest; Inductor's cuda compiles make a full cuda run too long)
+  runs=("${TESTS:-tests/test_layers.py tests/test_ops.py tests/test_registry.py}")
+  [ -z "${TESTS:-}" ] && runs+=("-m gpu tests")
+  for r in "${runs[@]}"; do
+    GDN_FX_TEST_DEVICE=cuda timeout ${TESTS_S:-3000} python3 -m pytest $r -q -rfE --durations=8 -p no:cacheprovider \
+      "${@:2}" 2>&1 | tee -a "$OUT/tests.log"
+    status=$((status | ${PIPESTATUS[0]}))
+  done
   # again with flash-linear-attention importable: the ops whose cuda kernels then come from fla
-  # (these tests never build a transformers layer)
+  # (these tests never build a transformers layer, which would switch to fla's kernels itself)
   if [ -d /tmp/site_fla ]; then
-    GDN_FX_FLA=1 PYTHONPATH=$PYTHONPATH:/tmp/site_fla GDN_FX_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider \
-      ${FLA_TESTS:-tests/test_ops.py tests/test_registry.py tests/test_core_cuda.py tests/test_cuda_graph.py} \
-      "${@:2}" 2>&1 \
-      | tee "$OUT/tests_fla.log"
+    GDN_FX_FLA=1 PYTHONPATH=$PYTHONPATH:/tmp/site_fla GDN_FX_TEST_DEVICE=cuda timeout ${FLA_TESTS_S:-3000} \
+      python3 -m pytest -q -rfE -p no:cacheprovider ${FLA_TESTS:--m gpu tests/test_fla_wrapper.py tests/test_core_cuda.py} \
+      "${@:2}" 2>&1 | tee "$OUT/tests_fla.log"
     status=$((status | ${PIPESTATUS[0]}))
   fi
 fi
@@ -54,7 +60,8 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   for b in ${BENCHES:-bench/bench_*.py}; do
     [ -e "$b" ] || continue
-    GDN_FX_FLA=1 PYTHONPATH=$PYTHONPATH:/tmp/site_fla python3 "$b" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+    GDN_FX_FLA=1 PYTHONPATH=$PYTHONPATH:/tmp/site_fla timeout ${BENCH_S:-3000} python3 "$b" --out "$OUT" 2>&1 \
+      | tee -a "$OUT/bench.log"
     status=$((status | ${PIPESTATUS[0]}))
   done
 fi

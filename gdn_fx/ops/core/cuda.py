@@ -54,7 +54,7 @@ def gdn_core_cuda(
         idx = idx.contiguous()
         q, k, v = conv1d_prefill_split_triton(mixed_qkv[tok], conv_weight, conv_bias, conv_state, qsl, idx, init,
                                               num_k_heads, head_k_dim, NV, DV)
-        if fla.usable() and q.is_cuda:  # (not under TRITON_INTERPRET on the CPU)
+        if fla.serves(q, v, ssm_state):  # (never under TRITON_INTERPRET on the CPU)
             fla.chunk_prefill(q, k, v, a[tok], b[tok], ssm_state, qsl, idx, init, scale, use_qk_l2norm=False,
                               A_log=A_log, dt_bias=dt_bias, beta_logits=True, allow_neg_eigval=allow_neg_eigval,
                               out=core_attn_out[tok])

@@ -23,6 +23,7 @@ import os
 import torch
 
 from gdn_fx.ops.checks import NULL_SLOT
+from gdn_fx.ops.delta_rule.reference import chunk_gated_delta_rule_reference
 
 TESTED_VERSIONS: tuple[str, ...] = ()  # add a version once tools/gpu_check.sh passes with it
 
@@ -36,6 +37,14 @@ def usable() -> bool:
         return False
     wanted = version in TESTED_VERSIONS or os.environ.get("GDN_FX_FLA") == "1"
     return wanted and importlib.util.find_spec("fla") is not None
+
+
+def serves(q: torch.Tensor, v: torch.Tensor, ssm_state: torch.Tensor) -> bool:
+    """Whether fla takes this call: a usable fla-core, cuda, half-precision activations, an fp32 pool,
+    head dims up to 256. fla's matmuls run in TF32 for fp32 inputs (about 1e-3 relative error), so
+    fp32 and fp64 activations keep the reference's precision instead."""
+    return (usable() and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and v.dtype == q.dtype
+            and ssm_state.dtype == torch.float32 and q.shape[-1] <= 256 and v.shape[-1] <= 256)
 
 
 def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale, *,
@@ -95,8 +104,12 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
 
 def chunk_gated_delta_rule_fla(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale,
                                use_qk_l2norm) -> torch.Tensor:
-    """The cuda kernel of ``gdn_fx::chunk_gated_delta_rule`` (g in log space, beta after sigmoid)."""
+    """The cuda kernel of ``gdn_fx::chunk_gated_delta_rule`` (g in log space, beta after sigmoid);
+    the reference serves what fla does not (``serves``)."""
     if v.shape[0] == 0:
         return torch.empty_like(v)
+    if not serves(q, v, ssm_state):
+        return chunk_gated_delta_rule_reference(q, k, v, g, beta, ssm_state, query_start_loc, state_indices,
+                                                has_initial_state, scale, use_qk_l2norm)
     return chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale,
                          use_qk_l2norm=use_qk_l2norm)
