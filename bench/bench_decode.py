@@ -13,6 +13,7 @@ bandwidth measured in the same run. CUDA-graph replay times.
 """
 
 import argparse
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -88,14 +89,17 @@ def main():
             print(f"B={B:4d} {name:20s} kernels={len(kernels)} {t * 1e6:8.1f} us  {100 * floor / t:5.1f}% of the "
                   f"state read+write floor ({floor * 1e6:.1f} us)", flush=True)
         # the kernel's block of value columns and warps (GDN_FX_DECODE_CONFIG overrides config())
-        for bv, warps in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
+        for (bv, warps), (name, fn) in itertools.product(((16, 4), (32, 4), (32, 8), (64, 4), (64, 8), (128, 8)),
+                                                        (("gdn_fx", run_gdn_fx), ("gdn_fx_core", run_core))):
             os.environ["GDN_FX_DECODE_CONFIG"] = f"{bv},{warps}"
             try:
-                t = graph_time(run_gdn_fx)
+                t = graph_time(fn)
             finally:
                 del os.environ["GDN_FX_DECODE_CONFIG"]
-            sweep.append({"B": B, "BV": bv, "num_warps": warps, "us": t * 1e6, "floor_pct": 100 * floor / t})
-            print(f"B={B:4d} sweep BV={bv:3d} warps={warps} {t * 1e6:8.1f} us {100 * floor / t:5.1f}%", flush=True)
+            sweep.append({"B": B, "variant": name, "BV": bv, "num_warps": warps, "us": t * 1e6,
+                          "floor_pct": 100 * floor / t})
+            print(f"B={B:4d} sweep {name:12s} BV={bv:3d} warps={warps} {t * 1e6:8.1f} us {100 * floor / t:5.1f}%",
+                  flush=True)
     payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows, "sweep": sweep}
     print("wrote", save(args.out, "decode.json", payload))
 

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import copy_bandwidth, device_info, event_time, graph_time, kernel_names, save  # noqa: E402
+from bench.common import copy_bandwidth, device_info, event_time, graph_time, kernel_stats, save  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
@@ -71,18 +71,22 @@ def main():
                 step = lambda: fn(h, conv_state, ssm_state, meta)  # noqa: E731
                 try:
                     step()
-                    kernels = kernel_names(step)
+                    stats = kernel_stats(step)
                     t = graph_time(step) if kind == "decode" else event_time(step, inner=3)
                 except Exception as e:  # a variant that fails is reported, not fatal
                     print(f"{kind} B={B} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                     continue
-                gemms = [k for k in kernels if GEMM.search(k)]
-                others = [k for k in kernels if not GEMM.search(k)]
-                rows.append({"kind": kind, "B": B, "L": L, "variant": name, "kernels": len(kernels),
+                gemms = [(k, us) for k, us in stats if GEMM.search(k)]
+                others = [(k, us) for k, us in stats if not GEMM.search(k)]
+                gemm_us, other_us = sum(us for _, us in gemms), sum(us for _, us in others)
+                rows.append({"kind": kind, "B": B, "L": L, "variant": name, "kernels": len(stats),
                              "gemm_kernels": len(gemms), "other_kernels": len(others), "us": t * 1e6,
-                             "floor_us": floor * 1e6, "x_floor": t / floor, "other_kernel_names": others})
-                print(f"{kind:7s} B={B:4d} L={L:5d} {name:14s} kernels={len(kernels):3d} (gemm {len(gemms)}, other "
-                      f"{len(others)}) {t * 1e6:9.1f} us  {t / floor:5.2f}x floor ({floor * 1e6:.1f} us)", flush=True)
+                             "gemm_gpu_us": gemm_us, "other_gpu_us": other_us,
+                             "floor_us": floor * 1e6, "x_floor": t / floor,
+                             "other_kernels_us": [[k, round(us, 2)] for k, us in others]})
+                print(f"{kind:7s} B={B:4d} L={L:5d} {name:14s} kernels={len(stats):3d} (gemm {len(gemms)}, other "
+                      f"{len(others)}) {t * 1e6:9.1f} us  {t / floor:5.2f}x floor ({floor * 1e6:.1f} us); GPU: gemm "
+                      f"{gemm_us:.1f} us, other {other_us:.1f} us", flush=True)
     payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows}
     print("wrote", save(args.out, "layer.json", payload))
 

@@ -9,13 +9,16 @@ bf16 activations, fp32 state, at 1x4096, 1x16384, 8x2048 and 64x256 tokens.
                   q/k L2 norm in kernel, initial and final states: the anchor of SPEC.md
   fla_conv_chunk  fla's causal_conv1d (Triton) + chunk_gated_delta_rule with gate, beta and L2 norm in
                   kernel: the whole core prefill as an engine would write it with fla today (no pools)
-The prefill path reads sequence lengths on the host (fla's chunk table), so times are CUDA-event
-wall times of back-to-back calls (median of 10 x 5), not graph replays.
+  gdn_fx_core_sync  gdn_fx_core without the metadata's host copy of the lengths (one device read)
+fla sizes its grids from the sequence lengths on the host, so times are CUDA-event wall times of
+back-to-back calls (median of 10 x 5), not graph replays; "GPU busy" is the profiler's sum of
+kernel times of one call: wall time above it is host time (Python, launches) or a sync.
 
     python bench/bench_prefill.py --out bench/results
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import device_info, event_time, save  # noqa: E402
+from bench.common import device_info, event_time, kernel_names, kernel_time, save  # noqa: E402
 from gdn_fx import Request, build_metadata, ops  # noqa: E402
 from gdn_fx.ops import registry  # noqa: E402
 
@@ -62,7 +65,13 @@ def main():
             ops.gdn_core(x, b, a, w, None, A_log, dt_bias, conv_state, ssm_state, out, meta, num_k_heads=NK,
                          head_k_dim=DK)
 
-        variants = {"gdn_fx_core": run_gdn_fx}
+        meta_nohost = dataclasses.replace(meta, query_start_loc_host=None)
+
+        def run_gdn_fx_sync():  # without the metadata's host copy of the lengths: one device read per call
+            ops.gdn_core(x, b, a, w, None, A_log, dt_bias, conv_state, ssm_state, out, meta_nohost, num_k_heads=NK,
+                         head_k_dim=DK)
+
+        variants = {"gdn_fx_core": run_gdn_fx, "gdn_fx_core_sync": run_gdn_fx_sync}
         if chunk_gated_delta_rule is not None:
             cu = torch.arange(0, T + 1, L, device="cuda", dtype=torch.int64)
             cu_cpu = cu.cpu()
@@ -93,11 +102,13 @@ def main():
         for name, fn in variants.items():
             try:
                 t = event_time(fn)
+                names, gpu = kernel_names(fn), kernel_time(fn)
             except Exception as e:  # an anchor that fails is reported, not fatal
                 print(f"{B}x{L} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue
-            rows.append({"B": B, "L": L, "variant": name, "ms": t * 1e3})
-            print(f"{B:3d}x{L:<6d} {name:15s} {t * 1e3:8.3f} ms", flush=True)
+            rows.append({"B": B, "L": L, "variant": name, "ms": t * 1e3, "gpu_ms": gpu * 1e3, "kernels": len(names)})
+            print(f"{B:3d}x{L:<6d} {name:17s} {t * 1e3:8.3f} ms  (GPU busy {gpu * 1e3:.3f} ms in {len(names)} kernels)",
+                  flush=True)
     payload = {**device_info(), "chunk_backend": registry.get("chunk_gated_delta_rule").backend("cuda"),
                "core_backend": registry.get("gdn_core").backend("cuda"), "rows": rows}
     print("wrote", save(args.out, "prefill.json", payload))

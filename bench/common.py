@@ -57,12 +57,24 @@ def _median_time(fn, reps: int, inner: int) -> float:
 
 
 def kernel_names(fn) -> list[str]:
+    return [name for name, _ in kernel_stats(fn)]
+
+
+def kernel_time(fn) -> float:
+    """Seconds the GPU spends in ``fn``'s kernels (and copies), summed from the profiler: with a
+    wall time well above it, the host (Python, launches, syncs) is what bounds ``fn``."""
+    return sum(us for _, us in kernel_stats(fn)) / 1e6
+
+
+def kernel_stats(fn) -> list[tuple[str, float]]:
+    """(name, microseconds) of each kernel (and copy) one call of ``fn`` runs on the GPU."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
 def device_info() -> dict:

@@ -49,7 +49,8 @@ class GDNMetadata:
 
     query_start_loc: [T+1] int32; state_indices: [T, 1 + num_spec] int32
     (NULL_SLOT where unused); has_initial_state: [T] bool; num_accepted_tokens: [T] int32;
-    counts: CPU int64 (num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens).
+    counts: CPU int64 (num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens);
+    query_start_loc_host: CPU copy of query_start_loc (the prefill kernels size their grids from it).
     """
 
     query_start_loc: torch.Tensor
@@ -57,6 +58,7 @@ class GDNMetadata:
     has_initial_state: torch.Tensor
     num_accepted_tokens: torch.Tensor
     counts: torch.Tensor
+    query_start_loc_host: torch.Tensor | None = None
 
     @property
     def num_decodes(self) -> int:
@@ -79,8 +81,9 @@ class GDNMetadata:
         return self.num_decode_tokens + self.num_prefill_tokens
 
     def to(self, device) -> "GDNMetadata":
+        host = ("counts", "query_start_loc_host")  # read on the host: they stay there
         return dataclasses.replace(
-            self, **{f.name: _to(getattr(self, f.name), device) for f in dataclasses.fields(self) if f.name != "counts"}
+            self, **{f.name: _to(getattr(self, f.name), device) for f in dataclasses.fields(self) if f.name not in host}
         )
 
 
@@ -195,5 +198,6 @@ def build_metadata(
         has_initial_state=torch.tensor(init, dtype=torch.bool),
         num_accepted_tokens=torch.tensor(accepted, dtype=torch.int32),
         counts=torch.tensor([nd, ndt, np_, npt], dtype=torch.int64),
+        query_start_loc_host=qsl,
     )
     return meta.to(device)

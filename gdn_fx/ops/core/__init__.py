@@ -12,7 +12,9 @@ Batch layout (``gdn_fx.metadata`` builds it): sequences ordered decodes first
 (chunked path), then padding. ``counts`` is a CPU int64 tensor
 ``(num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens)``: the split
 is read on the host without a device sync, and stays out of the compiled graph's
-guards, so a new batch mix does not recompile.
+guards, so a new batch mix does not recompile. ``query_start_loc_host`` (optional) is a CPU copy of
+``query_start_loc``: the chunked prefill kernels size their grids from the sequence lengths on the
+host, and without it the cuda implementation reads them from the device (a sync per prefill step).
 
 Shapes: mixed_qkv: [T, 2*NK*DK + NV*DV]; a, b: [T, NV]; conv_weight: [conv_dim, W];
 conv_state: [num_slots, conv_dim, L >= W-1]; ssm_state: [num_slots, NV, DK, DV];
@@ -44,7 +46,7 @@ def _parts(mixed_qkv, b, a, query_start_loc, state_indices, has_initial_state, n
 
 def _validate(mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out,
               query_start_loc, state_indices, has_initial_state, num_accepted_tokens, counts, num_k_heads,
-              head_k_dim, allow_neg_eigval):
+              head_k_dim, allow_neg_eigval, query_start_loc_host=None):
     values = checks.counts("counts", counts)
     if mixed_qkv.dim() != 2:
         checks.fail(f"mixed_qkv must have shape [T, conv_dim], got {list(mixed_qkv.shape)}")
@@ -69,13 +71,23 @@ def _validate(mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_stat
         checks.fail(f"state_indices must have shape [N={N}, 1 + num_spec], got {list(state_indices.shape)}")
     checks.shape("has_initial_state", has_initial_state, (N,))
     checks.shape("num_accepted_tokens", num_accepted_tokens, (N,))
+    if query_start_loc_host is not None:
+        if query_start_loc_host.device.type != "cpu":
+            checks.fail(f"query_start_loc_host must be a CPU tensor, got one on {query_start_loc_host.device}")
+        checks.shape("query_start_loc_host", query_start_loc_host, (N + 1,))
+        checks.query_start_loc(query_start_loc_host, T, "query_start_loc_host")
+        if checks.host_values(query_start_loc) and checks.host_values(query_start_loc_host) and not torch.equal(
+                query_start_loc.to(torch.int64), query_start_loc_host.to(torch.int64)):
+            checks.fail(f"query_start_loc_host {query_start_loc_host.tolist()} differs from query_start_loc "
+                        f"{query_start_loc.tolist()}")
     if values is None:  # tracing: the per-path checks need the split
         return
     nd, ndt, np_, npt = values
     if nd + np_ > N or ndt + npt > T:
         checks.fail(f"counts {[nd, ndt, np_, npt]} exceed the batch: N={N} sequences, T={T} tokens")
-    if checks.host_values(query_start_loc):
-        v = query_start_loc.tolist()
+    host = query_start_loc if checks.host_values(query_start_loc) else query_start_loc_host
+    if host is not None and checks.host_values(host):
+        v = host.tolist()
         if v[nd] != ndt or v[nd + np_] != ndt + npt:
             checks.fail(
                 f"counts {[nd, ndt, np_, npt]} disagree with query_start_loc {v}: decodes must end at token "
@@ -118,9 +130,10 @@ def _gdn_core(
     num_k_heads: int,
     head_k_dim: int,
     allow_neg_eigval: bool,
+    query_start_loc_host: torch.Tensor | None = None,
 ) -> None:
     """Reference: composed of the other gdn_fx ops through the dispatcher, so a kernel
-    registered for one of them is used here too."""
+    registered for one of them is used here too (``query_start_loc_host`` is not needed here)."""
     nd, ndt, np_, npt = counts.tolist()
     NV, DV = core_attn_out.shape[1:]
     scale = head_k_dim**-0.5
@@ -144,7 +157,7 @@ def _gdn_core(
 @_gdn_core.register_fake
 def _(mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out,
       query_start_loc, state_indices, has_initial_state, num_accepted_tokens, counts, num_k_heads, head_k_dim,
-      allow_neg_eigval):
+      allow_neg_eigval, query_start_loc_host=None):
     return None
 
 
@@ -156,7 +169,7 @@ def gdn_core(
     torch.ops.gdn_fx.gdn_core(
         mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out,
         meta.query_start_loc, meta.state_indices, meta.has_initial_state, meta.num_accepted_tokens, meta.counts,
-        num_k_heads, head_k_dim, allow_neg_eigval,
+        num_k_heads, head_k_dim, allow_neg_eigval, meta.query_start_loc_host,
     )
 
 

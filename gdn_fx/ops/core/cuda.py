@@ -24,6 +24,7 @@ from gdn_fx.ops.delta_rule import fla
 def gdn_core_cuda(
     mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out, query_start_loc,
     state_indices, has_initial_state, num_accepted_tokens, counts, num_k_heads, head_k_dim, allow_neg_eigval,
+    query_start_loc_host=None,
 ) -> None:
     if mixed_qkv.stride(-1) != 1 or not core_attn_out.is_contiguous() or not ssm_state.is_contiguous():
         return registry.get("gdn_core").reference(
@@ -55,9 +56,10 @@ def gdn_core_cuda(
         q, k, v = conv1d_prefill_split_triton(mixed_qkv[tok], conv_weight, conv_bias, conv_state, qsl, idx, init,
                                               num_k_heads, head_k_dim, NV, DV)
         if fla.serves(q, v, ssm_state):  # (never under TRITON_INTERPRET on the CPU)
+            host = None if query_start_loc_host is None else query_start_loc_host[nd : nd + np_ + 1] - ndt
             fla.chunk_prefill(q, k, v, a[tok], b[tok], ssm_state, qsl, idx, init, scale, use_qk_l2norm=False,
                               A_log=A_log, dt_bias=dt_bias, beta_logits=True, allow_neg_eigval=allow_neg_eigval,
-                              out=core_attn_out[tok])
+                              out=core_attn_out[tok], host_qsl=host)
         else:
             ops = torch.ops.gdn_fx
             g, beta = ops.gating(a[tok], b[tok], A_log, dt_bias, allow_neg_eigval)

@@ -7,9 +7,10 @@ against fla-core 0.6.0 and its bookkeeping is tested on the CPU with a stand-in 
 (tests/test_fla_wrapper.py), but its GPU check has not completed yet (fla autotunes every kernel
 for every new shape, and the odd-size sweep outran the device time of the session that wrote it). fla takes
 dense initial states and returns dense final states, so the pooled states are gathered by slot
-before and scattered after (two small launches). fla derives its chunk table from the sequence
-lengths on the host: this path synchronises once per call, which the prefill path may do (the
-decode path never comes here).
+before and scattered after (``state_scatter.py``). fla sizes its grids from the sequence lengths
+on the host: the core op passes the metadata's CPU copy of them, so its prefill step never waits
+for the device; the standalone chunk op has none and reads them (one sync per call). The decode
+path never comes here.
 
 Shapes: q, k: [T, NK, DK]; v: [T, NV, DV]; g, beta: [T, NV]; ssm_state: [S, NV, DK, DV] fp32 [K, V];
 query_start_loc: [N+1]; state_indices, has_initial_state: [N]. Returns o: [T, NV, DV].
@@ -49,57 +50,67 @@ def serves(q: torch.Tensor, v: torch.Tensor, ssm_state: torch.Tensor) -> bool:
 
 def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale, *,
                   use_qk_l2norm: bool, A_log=None, dt_bias=None, beta_logits: bool = False,
-                  allow_neg_eigval: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+                  allow_neg_eigval: bool = False, out: torch.Tensor | None = None,
+                  host_qsl: torch.Tensor | None = None) -> torch.Tensor:
     """fla's ``chunk_gated_delta_rule`` over the pooled state.
 
     With ``A_log``/``dt_bias`` given, ``g`` is the raw gate input ``a`` and fla computes
     ``-exp(A_log) softplus(a + dt_bias)`` inside its cumsum kernel; with ``beta_logits``, ``beta``
     is the raw ``b`` and fla applies (2x) sigmoid. ``out`` ([T, NV, DV]) receives the output.
+    ``host_qsl`` is a CPU copy of ``query_start_loc``; without it the lengths are read from the
+    device (a sync). Slots and initial-state flags stay on the device.
     """
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     T, NV, DV = v.shape
+    dev = v.device
     if out is None:
-        out = torch.empty(T, NV, DV, dtype=v.dtype, device=v.device)
+        out = torch.empty(T, NV, DV, dtype=v.dtype, device=dev)
     N = state_indices.shape[0]
-    # one host read of the whole batch description (fla needs the lengths on the host anyway)
-    host = torch.cat([query_start_loc.to(torch.int64), state_indices.to(torch.int64),
-                      has_initial_state.to(torch.int64)]).tolist()
-    qsl, slots, init = host[: N + 1], host[N + 1 : 2 * N + 1], host[2 * N + 1 :]
-    # fla gets the non-empty sequences; a padding sequence (NULL_SLOT) is computed from zeros, its
-    # output zeroed and its final state dropped
-    seqs = [i for i in range(N) if qsl[i + 1] > qsl[i]]
-    if qsl[N] < T:
-        out[qsl[N] :].zero_()
-    if not seqs:
+    qsl = (query_start_loc.cpu() if host_qsl is None else host_qsl).to(torch.int64)
+    lens = qsl.diff()
+    seqs = (lens > 0).nonzero().flatten()  # fla gets the non-empty sequences only
+    if int(qsl[N]) < T:
+        out[int(qsl[N]) :].zero_()
+    if seqs.numel() == 0:
         return out
-    cu = torch.tensor([qsl[seqs[0]]] + [qsl[i + 1] for i in seqs], dtype=torch.int64)
-    live = [i for i in seqs if slots[i] != NULL_SLOT]
-    sel = torch.tensor([slots[i] if slots[i] != NULL_SLOT else 0 for i in seqs], dtype=torch.int64)
-    keep = torch.tensor([slots[i] != NULL_SLOT and bool(init[i]) for i in seqs])
-    sel, keep = sel.to(v.device, non_blocking=True), keep.to(v.device, non_blocking=True)
-    h0 = torch.where(keep.view(-1, 1, 1, 1), ssm_state.index_select(0, sel).float(), 0.0)
-    lo, hi = int(cu[0]), int(cu[-1])
+    lo, hi = int(qsl[seqs[0]]), int(qsl[N])
+    if lo > 0:
+        out[:lo].zero_()
+    slots, init = state_indices, has_initial_state
+    if seqs.numel() < N:  # an empty sequence keeps its state: leave it out
+        pick = _to_device(seqs, dev)
+        slots, init = slots.index_select(0, pick), init.index_select(0, pick)
+    live = slots != NULL_SLOT
+    # a padding sequence (NULL_SLOT) runs from zeros; its output is zeroed and its state dropped
+    h0 = torch.where((live & init).view(-1, 1, 1, 1), ssm_state.index_select(0, slots.clamp_min(0)).float(), 0.0)
+    cu = torch.cat([qsl[seqs[:1]], qsl[seqs + 1]]) - lo
     gate = {} if A_log is None else {"use_gate_in_kernel": True, "A_log": A_log, "dt_bias": dt_bias}
     o, ht = chunk_gated_delta_rule(
         q[lo:hi].unsqueeze(0), k[lo:hi].unsqueeze(0), v[lo:hi].unsqueeze(0), g[lo:hi].unsqueeze(0),
         beta[lo:hi].unsqueeze(0), scale=scale, initial_state=h0, output_final_state=True,
         use_qk_l2norm_in_kernel=use_qk_l2norm, use_beta_sigmoid_in_kernel=beta_logits,
-        allow_neg_eigval=allow_neg_eigval, cu_seqlens=(cu - lo).to(v.device, non_blocking=True),
-        cu_seqlens_cpu=cu - lo, **gate,
+        allow_neg_eigval=allow_neg_eigval, cu_seqlens=_to_device(cu, dev), cu_seqlens_cpu=cu, **gate,
     )
-    out[lo:hi] = o[0]
-    if lo > 0:
-        out[:lo].zero_()
-    for i in range(N):
-        if slots[i] == NULL_SLOT and qsl[i + 1] > qsl[i]:
-            out[qsl[i] : qsl[i + 1]].zero_()
-    if len(live) == len(seqs):
-        ssm_state.index_copy_(0, sel, ht.to(ssm_state.dtype))
-    elif live:
-        rows = torch.tensor([j for j, i in enumerate(seqs) if slots[i] != NULL_SLOT], device=v.device)
-        ssm_state.index_copy_(0, sel[rows], ht[rows].to(ssm_state.dtype))
+    # rows of padding sequences: found on the device (sequence of each row), no host read of slots
+    rows = torch.arange(lo, hi, dtype=query_start_loc.dtype, device=dev)
+    seq_of_row = torch.searchsorted(query_start_loc[1 : N + 1], rows, right=True)
+    null_row = (state_indices[seq_of_row] == NULL_SLOT).view(-1, 1, 1)
+    torch.where(null_row, o.new_zeros(()), o[0], out=out[lo:hi])
+    if ht.is_cuda:
+        from gdn_fx.ops.delta_rule.state_scatter import scatter_states_triton
+
+        scatter_states_triton(ht, ssm_state, slots)
+    else:  # (the CPU tests' stand-in for fla)
+        ssm_state[slots[live].long()] = ht[live].to(ssm_state.dtype)
     return out
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor to the device without waiting for the stream (pinned staging)."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def chunk_gated_delta_rule_fla(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale,
