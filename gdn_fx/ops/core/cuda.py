@@ -59,7 +59,7 @@ def gdn_core_cuda(
             host = None if query_start_loc_host is None else query_start_loc_host[nd : nd + np_ + 1] - ndt
             fla.chunk_prefill(q, k, v, a[tok], b[tok], ssm_state, qsl, idx, init, scale, use_qk_l2norm=False,
                               A_log=A_log, dt_bias=dt_bias, beta_logits=True, allow_neg_eigval=allow_neg_eigval,
-                              out=core_attn_out[tok], host_qsl=host)
+                              out=core_attn_out[tok], host_qsl=host, null_rows_are_zero=True)
         else:
             ops = torch.ops.gdn_fx
             g, beta = ops.gating(a[tok], b[tok], A_log, dt_bias, allow_neg_eigval)

@@ -172,7 +172,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     W = conv_weight.shape[1]
     S = state_indices.shape[1]
     BK = triton.next_power_of_2(DK)
-    cfg = config(DK, DV, N, NV)
+    cfg = config(DK, DV, N, NV, conv=True)
     grid = (triton.cdiv(DV, cfg["BV"]), NV, N)
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,

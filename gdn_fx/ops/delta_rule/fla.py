@@ -7,7 +7,7 @@ against fla-core 0.6.0 and its bookkeeping is tested on the CPU with a stand-in 
 (tests/test_fla_wrapper.py), but its GPU check has not completed yet (fla autotunes every kernel
 for every new shape, and the odd-size sweep outran the device time of the session that wrote it). fla takes
 dense initial states and returns dense final states, so the pooled states are gathered by slot
-before and scattered after (``state_scatter.py``). fla sizes its grids from the sequence lengths
+before and scattered after (``pool_io.py``, one launch each). fla sizes its grids from the sequence lengths
 on the host: the core op passes the metadata's CPU copy of them, so its prefill step never waits
 for the device; the standalone chunk op has none and reads them (one sync per call). The decode
 path never comes here.
@@ -51,14 +51,16 @@ def serves(q: torch.Tensor, v: torch.Tensor, ssm_state: torch.Tensor) -> bool:
 def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale, *,
                   use_qk_l2norm: bool, A_log=None, dt_bias=None, beta_logits: bool = False,
                   allow_neg_eigval: bool = False, out: torch.Tensor | None = None,
-                  host_qsl: torch.Tensor | None = None) -> torch.Tensor:
+                  host_qsl: torch.Tensor | None = None, null_rows_are_zero: bool = False) -> torch.Tensor:
     """fla's ``chunk_gated_delta_rule`` over the pooled state.
 
     With ``A_log``/``dt_bias`` given, ``g`` is the raw gate input ``a`` and fla computes
     ``-exp(A_log) softplus(a + dt_bias)`` inside its cumsum kernel; with ``beta_logits``, ``beta``
     is the raw ``b`` and fla applies (2x) sigmoid. ``out`` ([T, NV, DV]) receives the output.
     ``host_qsl`` is a CPU copy of ``query_start_loc``; without it the lengths are read from the
-    device (a sync). Slots and initial-state flags stay on the device.
+    device (a sync). Slots and initial-state flags stay on the device. ``null_rows_are_zero``: the
+    caller's q is zero on the rows of NULL_SLOT sequences (the core op's conv writes them so), so
+    their output, computed from a zero state, is zero already and needs no masking.
     """
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
@@ -68,8 +70,7 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
         out = torch.empty(T, NV, DV, dtype=v.dtype, device=dev)
     N = state_indices.shape[0]
     qsl = (query_start_loc.cpu() if host_qsl is None else host_qsl).to(torch.int64)
-    lens = qsl.diff()
-    seqs = (lens > 0).nonzero().flatten()  # fla gets the non-empty sequences only
+    seqs = (qsl.diff() > 0).nonzero().flatten()  # fla gets the non-empty sequences only
     if int(qsl[N]) < T:
         out[int(qsl[N]) :].zero_()
     if seqs.numel() == 0:
@@ -77,40 +78,41 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
     lo, hi = int(qsl[seqs[0]]), int(qsl[N])
     if lo > 0:
         out[:lo].zero_()
-    slots, init = state_indices, has_initial_state
-    if seqs.numel() < N:  # an empty sequence keeps its state: leave it out
-        pick = _to_device(seqs, dev)
-        slots, init = slots.index_select(0, pick), init.index_select(0, pick)
-    live = slots != NULL_SLOT
-    # a padding sequence (NULL_SLOT) runs from zeros; its output is zeroed and its state dropped
-    h0 = torch.where((live & init).view(-1, 1, 1, 1), ssm_state.index_select(0, slots.clamp_min(0)).float(), 0.0)
     cu = torch.cat([qsl[seqs[:1]], qsl[seqs + 1]]) - lo
+    slots, init = state_indices, has_initial_state
+    if seqs.numel() == N:  # the usual batch: the device's copy of the lengths serves, no copy up
+        cu_dev = (query_start_loc - lo).to(torch.int64)
+    else:  # an empty sequence keeps its state: leave it out
+        pick = seqs.to(dev, non_blocking=True)
+        slots, init, cu_dev = slots.index_select(0, pick), init.index_select(0, pick), cu.to(dev, non_blocking=True)
+    if dev.type == "cuda":
+        from gdn_fx.ops.delta_rule.pool_io import gather_states_triton, scatter_states_triton
+    else:  # (the CPU tests' stand-in for fla)
+        gather_states_triton = scatter_states_triton = None
+    live = slots != NULL_SLOT
+    if gather_states_triton is not None:
+        h0 = gather_states_triton(ssm_state, slots, init)
+    else:
+        h0 = torch.where((live & init).view(-1, 1, 1, 1), ssm_state.index_select(0, slots.clamp_min(0)).float(), 0.0)
     gate = {} if A_log is None else {"use_gate_in_kernel": True, "A_log": A_log, "dt_bias": dt_bias}
     o, ht = chunk_gated_delta_rule(
         q[lo:hi].unsqueeze(0), k[lo:hi].unsqueeze(0), v[lo:hi].unsqueeze(0), g[lo:hi].unsqueeze(0),
         beta[lo:hi].unsqueeze(0), scale=scale, initial_state=h0, output_final_state=True,
         use_qk_l2norm_in_kernel=use_qk_l2norm, use_beta_sigmoid_in_kernel=beta_logits,
-        allow_neg_eigval=allow_neg_eigval, cu_seqlens=_to_device(cu, dev), cu_seqlens_cpu=cu, **gate,
+        allow_neg_eigval=allow_neg_eigval, cu_seqlens=cu_dev, cu_seqlens_cpu=cu, **gate,
     )
-    # rows of padding sequences: found on the device (sequence of each row), no host read of slots
-    rows = torch.arange(lo, hi, dtype=query_start_loc.dtype, device=dev)
-    seq_of_row = torch.searchsorted(query_start_loc[1 : N + 1], rows, right=True)
-    null_row = (state_indices[seq_of_row] == NULL_SLOT).view(-1, 1, 1)
-    torch.where(null_row, o.new_zeros(()), o[0], out=out[lo:hi])
-    if ht.is_cuda:
-        from gdn_fx.ops.delta_rule.state_scatter import scatter_states_triton
-
+    if null_rows_are_zero:
+        out[lo:hi] = o[0]
+    else:  # rows of padding sequences, found on the device (the sequence of each row): zero
+        rows = torch.arange(lo, hi, dtype=query_start_loc.dtype, device=dev)
+        seq_of_row = torch.searchsorted(query_start_loc[1 : N + 1], rows, right=True)
+        null_row = (state_indices[seq_of_row] == NULL_SLOT).view(-1, 1, 1)
+        torch.where(null_row, o.new_zeros(()), o[0], out=out[lo:hi])
+    if scatter_states_triton is not None:
         scatter_states_triton(ht, ssm_state, slots)
-    else:  # (the CPU tests' stand-in for fla)
+    else:
         ssm_state[slots[live].long()] = ht[live].to(ssm_state.dtype)
     return out
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor to the device without waiting for the stream (pinned staging)."""
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
 
 
 def chunk_gated_delta_rule_fla(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale,
