@@ -37,6 +37,8 @@ SHAPES = ((1, 4096), (1, 16384), (8, 2048), (64, 256))
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--profile", action="store_true",
+                    help="1x4096 only: the host-side profile (top ops by self CPU time) of 5 back-to-back calls")
     args = ap.parse_args()
     try:
         from fla.modules.causal_conv1d import causal_conv1d
@@ -45,7 +47,7 @@ def main():
         causal_conv1d = chunk_gated_delta_rule = None
     D = 2 * NK * DK + NV * DV
     rows = []
-    for B, L in SHAPES:
+    for B, L in SHAPES[:1] if args.profile else SHAPES:
         T = B * L
         g = torch.Generator(device="cuda").manual_seed(T + B)
         rnd = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
@@ -100,6 +102,9 @@ def main():
             variants["fla_chunk"] = run_fla_chunk
             variants["fla_conv_chunk"] = run_fla_conv_chunk
         for name, fn in variants.items():
+            if args.profile:
+                _profile(name, fn)
+                continue
             try:
                 t = event_time(fn)
                 names, gpu = kernel_names(fn), kernel_time(fn)
@@ -112,6 +117,19 @@ def main():
     payload = {**device_info(), "chunk_backend": registry.get("chunk_gated_delta_rule").backend("cuda"),
                "core_backend": registry.get("gdn_core").backend("cuda"), "rows": rows}
     print("wrote", save(args.out, "prefill.json", payload))
+
+
+def _profile(name, fn):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+    print(f"== {name}")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=60), flush=True)
 
 
 if __name__ == "__main__":
