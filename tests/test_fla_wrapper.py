@@ -84,6 +84,31 @@ def test_chunk_prefill_bookkeeping(fake_fla, gate_in_kernel):
     assert torch.equal(pool[untouched], before[untouched])
 
 
+def test_chunk_prefill_core_path(fake_fla):
+    """The core op's call: no empty sequence (fla's lengths come from the device copy), the host copy of
+    the lengths passed in, a padding sequence whose q rows are zero (no masking needed)."""
+    gen = torch.Generator().manual_seed(4)
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    lens, slots, init = [6, 4, 9], [2, NULL_SLOT, 0], [True, False, False]
+    T = sum(lens)
+    qsl = torch.tensor([0, 6, 10, 19], dtype=torch.int32)
+    q, k, v = rnd(T, NK, DK), rnd(T, NK, DK), rnd(T, NV, DV)
+    q[6:10] = 0  # the conv zeroes the rows of padding sequences
+    g_log, beta = oracle.gating(rnd(T, NV), rnd(T, NV), 0.5 * rnd(NV), 0.5 * rnd(NV))
+    pool = rnd(4, NV, DK, DV)
+    before = pool.clone()
+    out = torch.full((T, NV, DV), float("nan"))
+    fla.chunk_prefill(q, k, v, g_log.float(), beta.float(), pool, qsl, torch.tensor(slots, dtype=torch.int32),
+                      torch.tensor(init), DK**-0.5, use_qk_l2norm=True, out=out, host_qsl=qsl.clone(),
+                      null_rows_are_zero=True)
+    for s, e, slot, h0 in ((0, 6, 2, before[2]), (10, 19, 0, torch.zeros_like(before[0]))):
+        o_ref, states = oracle.delta_rule(q[s:e], k[s:e], v[s:e], g_log[s:e], beta[s:e], h0, DK**-0.5)
+        torch.testing.assert_close(out[s:e].double(), o_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pool[slot].double(), states[-1], rtol=1e-5, atol=1e-5)
+    assert out[6:10].eq(0).all()
+    assert torch.equal(pool[[1, 3]], before[[1, 3]])
+
+
 def test_usable_needs_a_tested_version_or_the_opt_in(monkeypatch):
     versions = {"fla-core": "0.6.0"}
     monkeypatch.setattr(fla.importlib.metadata, "version", lambda name: versions[name])

@@ -1,16 +1,17 @@
 """flash-linear-attention's chunked gated delta rule (package fla-core, Triton) behind the registry.
 
-fla-core is optional and only measured versions are used by default: ``usable()`` is true when
+fla-core is optional and only tested versions are used by default: ``usable()`` is true when
 the installed fla-core is one of ``TESTED_VERSIONS``, or when ``GDN_FX_FLA=1`` asks for it;
-otherwise the reference serves cuda. ``TESTED_VERSIONS`` is empty for now: the wrapper is written
-against fla-core 0.6.0 and its bookkeeping is tested on the CPU with a stand-in for fla
-(tests/test_fla_wrapper.py), but its GPU check has not completed yet (fla autotunes every kernel
-for every new shape, and the odd-size sweep outran the device time of the session that wrote it). fla takes
-dense initial states and returns dense final states, so the pooled states are gathered by slot
-before and scattered after (``pool_io.py``, one launch each). fla sizes its grids from the sequence lengths
-on the host: the core op passes the metadata's CPU copy of them, so its prefill step never waits
-for the device; the standalone chunk op has none and reads them (one sync per call). The decode
-path never comes here.
+otherwise the reference serves cuda. fla-core 0.6.0 passed on an H100 (torch 2.11, triton 3.6)
+through ``tools/gpu_check.sh``: the chunk op against the fp64 oracle in bf16
+(tests/test_fla_wrapper.py) and the core op's prefill through it (tests/test_core_cuda.py).
+It serves half-precision activations only (``serves``).
+
+fla takes dense initial states and returns dense final states, so the pooled states are gathered
+by slot before and scattered after (``pool_io.py``, one launch each). fla sizes its grids from
+the sequence lengths on the host: the core op passes the metadata's CPU copy of them, so the
+wrapper reads nothing back from the device; the standalone chunk op has no such copy and reads
+the lengths (one sync per call). The decode path never comes here.
 
 Shapes: q, k: [T, NK, DK]; v: [T, NV, DV]; g, beta: [T, NV]; ssm_state: [S, NV, DK, DV] fp32 [K, V];
 query_start_loc: [N+1]; state_indices, has_initial_state: [N]. Returns o: [T, NV, DV].
@@ -26,7 +27,7 @@ import torch
 from gdn_fx.ops.checks import NULL_SLOT
 from gdn_fx.ops.delta_rule.reference import chunk_gated_delta_rule_reference
 
-TESTED_VERSIONS: tuple[str, ...] = ()  # add a version once tools/gpu_check.sh passes with it
+TESTED_VERSIONS: tuple[str, ...] = ("0.6.0",)  # versions tools/gpu_check.sh passed with
 
 
 @functools.cache
