@@ -65,6 +65,8 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
     """
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
+    from gdn_fx.ops.delta_rule import pool_io  # (imports Triton: only on this path)
+
     T, NV, DV = v.shape
     dev = v.device
     if out is None:
@@ -86,15 +88,7 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
     else:  # an empty sequence keeps its state: leave it out
         pick = seqs.to(dev, non_blocking=True)
         slots, init, cu_dev = slots.index_select(0, pick), init.index_select(0, pick), cu.to(dev, non_blocking=True)
-    if dev.type == "cuda":
-        from gdn_fx.ops.delta_rule.pool_io import gather_states_triton, scatter_states_triton
-    else:  # (the CPU tests' stand-in for fla)
-        gather_states_triton = scatter_states_triton = None
-    live = slots != NULL_SLOT
-    if gather_states_triton is not None:
-        h0 = gather_states_triton(ssm_state, slots, init)
-    else:
-        h0 = torch.where((live & init).view(-1, 1, 1, 1), ssm_state.index_select(0, slots.clamp_min(0)).float(), 0.0)
+    h0 = pool_io.gather_states(ssm_state, slots, init)
     gate = {} if A_log is None else {"use_gate_in_kernel": True, "A_log": A_log, "dt_bias": dt_bias}
     o, ht = chunk_gated_delta_rule(
         q[lo:hi].unsqueeze(0), k[lo:hi].unsqueeze(0), v[lo:hi].unsqueeze(0), g[lo:hi].unsqueeze(0),
@@ -109,10 +103,7 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
         seq_of_row = torch.searchsorted(query_start_loc[1 : N + 1], rows, right=True)
         null_row = (state_indices[seq_of_row] == NULL_SLOT).view(-1, 1, 1)
         torch.where(null_row, o.new_zeros(()), o[0], out=out[lo:hi])
-    if scatter_states_triton is not None:
-        scatter_states_triton(ht, ssm_state, slots)
-    else:
-        ssm_state[slots[live].long()] = ht[live].to(ssm_state.dtype)
+    pool_io.scatter_states(ht, ssm_state, slots)
     return out
 
 
