@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gdn_fx.ops.decode.triton_kernel import config, gated_delta_step
+from gdn_fx.ops.decode.triton_kernel import config, gated_delta_step, load_head
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
@@ -98,10 +98,7 @@ def _core_decode_kernel(
 
     m_state = mk[:, None] & (offs_v < DV)[None, :]
     p_state = offs_k[:, None] * DV + offs_v[None, :] + i_hv * DK * DV
-    h = tl.load(state + tl.maximum(read, 0).to(tl.int64) * NV * DK * DV + p_state, mask=m_state, other=0.0)
-    h = h.to(tl.float32)
-    A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
-    bias = tl.load(dt_bias + i_hv).to(tl.float32)
+    h, A, bias = load_head(state, read, p_state, m_state, A_log, dt_bias, i_hv, NV * DK * DV)
     for j in tl.static_range(S):
         if j < L:
             t = bos + j

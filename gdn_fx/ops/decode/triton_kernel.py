@@ -18,6 +18,15 @@ import triton.language as tl
 
 
 @triton.jit
+def load_head(state, read, p_state, mask, A_log, dt_bias, i_hv, SLOT: tl.constexpr):
+    """The fp32 state slice of one value head to continue from (slot ``read``, SLOT values per slot;
+    masked-off lanes and NULL_SLOT rows read zeros) and the head's A = -exp(A_log) and dt_bias."""
+    h = tl.load(state + tl.maximum(read, 0).to(tl.int64) * SLOT + p_state, mask=mask, other=0.0).to(tl.float32)
+    A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
+    return h, A, tl.load(dt_bias + i_hv).to(tl.float32)
+
+
+@triton.jit
 def gated_delta_step(h, q, k, v, a_t, b_t, A, dt_bias, scale, NEG: tl.constexpr):
     """One token of one value head: h [BK, BV] fp32 state slice; q, k [BK], v [BV] fp32 (unnormalised);
     a_t, b_t the raw gate inputs; A = -exp(A_log). Gating g = A softplus(a_t + dt_bias) (threshold 20),
@@ -61,11 +70,8 @@ def _decode_kernel(
     m_state = mk[:, None] & mv[None, :]
     p_state = offs_k[:, None] * DV + offs_v[None, :] + i_hv * DK * DV
     # the checkpoint to continue from (zeros for padding rows, which write nothing back)
-    read = tl.maximum(read, 0).to(tl.int64)
-    h = tl.load(state + read * NV * DK * DV + p_state, mask=m_state & (offs_k[:, None] < live_dk), other=0.0)
-    h = h.to(tl.float32)
-    A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
-    bias = tl.load(dt_bias + i_hv).to(tl.float32)
+    h, A, bias = load_head(state, read, p_state, m_state & (offs_k[:, None] < live_dk), A_log, dt_bias, i_hv,
+                           NV * DK * DV)
     for j in tl.static_range(S):
         if j < L:
             t = bos + j
