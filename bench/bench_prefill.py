@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import device_info, event_time, kernel_names, kernel_time, save  # noqa: E402
+from bench.common import device_info, event_time, kernel_stats, save  # noqa: E402
 from gdn_fx import Request, build_metadata, ops  # noqa: E402
 from gdn_fx.ops import registry  # noqa: E402
 
@@ -107,7 +107,8 @@ def main():
                 continue
             try:
                 t = event_time(fn)
-                names, gpu = kernel_names(fn), kernel_time(fn)
+                stats = kernel_stats(fn)
+                names, gpu = [k for k, _ in stats], sum(us for _, us in stats) / 1e6
             except Exception as e:  # an anchor that fails is reported, not fatal
                 print(f"{B}x{L} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue

@@ -60,12 +60,6 @@ def kernel_names(fn) -> list[str]:
     return [name for name, _ in kernel_stats(fn)]
 
 
-def kernel_time(fn) -> float:
-    """Seconds the GPU spends in ``fn``'s kernels (and copies), summed from the profiler: with a
-    wall time well above it, the host (Python, launches, syncs) is what bounds ``fn``."""
-    return sum(us for _, us in kernel_stats(fn)) / 1e6
-
-
 def kernel_stats(fn) -> list[tuple[str, float]]:
     """(name, microseconds) of each kernel (and copy) one call of ``fn`` runs on the GPU."""
     fn()

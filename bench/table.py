@@ -1,39 +1,80 @@
-"""Renders a benchmark JSON from bench/results as the markdown table of bench/README.md.
+"""Renders a benchmark JSON from bench/results as the markdown tables of bench/README.md.
 
-    python bench/table.py bench/results/unpack_h100.json   (or decode_h100.json)
+    python bench/table.py bench/results/decode_h100.json   (any of the JSONs there)
 """
 
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gdn_fx.plot import kind as plot_kind  # noqa: E402
 
 
-def unpack_table(d: dict) -> str:
-    lines = [
-        f"{d['device']}, torch {d['torch']}, triton {d['triton']}; copy bandwidth {d['copy_bandwidth_TBps']:.2f} TB/s"
-        + (f"; one-kernel graph replay {d['one_kernel_replay_us']:.1f} us" if "one_kernel_replay_us" in d else ""),
-        "",
-        "| T | variant | kernels | time (us) | % of copy bandwidth | floor (us) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in d["rows"]:
-        lines.append(f"| {r['T']} | {r['variant']} | {r['kernels']} | {r['us']:.1f} | {r['bandwidth_pct']:.1f} | "
-                     f"{r['floor_us']:.1f} |")
+def _f(spec):
+    return lambda r: spec.format(**r)
+
+
+# per benchmark: (column title, cell of a row)
+COLUMNS = {
+    "unpack": [("T", _f("{T}")), ("variant", _f("{variant}")), ("kernels", _f("{kernels}")),
+               ("time (us)", _f("{us:.1f}")), ("% of copy bandwidth", _f("{bandwidth_pct:.1f}")),
+               ("floor (us)", _f("{floor_us:.1f}"))],
+    "decode": [("B", _f("{B}")), ("variant", _f("{variant}")), ("kernels", _f("{kernels}")),
+               ("time (us)", _f("{us:.1f}")), ("% of state read+write floor", _f("{floor_pct:.1f}")),
+               ("floor (us)", _f("{floor_us:.1f}"))],
+    "sweep": [("B", _f("{B}")), ("variant", _f("{variant}")), ("BV", _f("{BV}")), ("warps", _f("{num_warps}")),
+              ("time (us)", _f("{us:.1f}")), ("% of floor", _f("{floor_pct:.1f}"))],
+    "norm_gate": [("T", _f("{T}")), ("variant", _f("{variant}")), ("kernels", _f("{kernels}")),
+                  ("time (us)", _f("{us:.1f}")), ("% of copy bandwidth", _f("{bw_pct:.1f}")),
+                  ("max error (bf16 ulps)", lambda r: f"{r['max_rel_err_2^-7']:.2f}")],
+    "prefill": [("B x L", _f("{B}x{L}")), ("variant", _f("{variant}")), ("wall (ms)", _f("{ms:.3f}")),
+                ("GPU busy (ms)", _f("{gpu_ms:.3f}")), ("kernels", _f("{kernels}"))],
+    "layer": [("step", _f("{kind}")), ("B x L", _f("{B}x{L}")), ("variant", _f("{variant}")),
+              ("kernels (GEMM + other)", _f("{gemm_kernels} + {other_kernels}")), ("time (us)", _f("{us:.1f}")),
+              ("x floor", _f("{x_floor:.2f}")), ("floor (us)", _f("{floor_us:.1f}")),
+              ("GPU: GEMM / other (us)", _f("{gemm_gpu_us:.1f} / {other_gpu_us:.1f}"))],
+    "numerics": [("pair", _f("{pair}")), ("prefill", _f("{prefill:.2e}")), ("decode mean", _f("{decode_mean:.2e}")),
+                 ("decode max", _f("{decode_max:.2e}"))],
+}
+
+
+def kind(d: dict) -> str | None:
+    rows = d.get("rows")
+    if not rows:
+        return "numerics" if "report" in d else None
+    return plot_kind(d) or ("prefill" if "ms" in rows[0] else None)
+
+
+def table(rows: list[dict], columns) -> str:
+    lines = ["| " + " | ".join(t for t, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def decode_table(d: dict) -> str:
-    lines = [
-        f"{d['device']}, torch {d['torch']}, triton {d['triton']}; copy bandwidth {d['copy_bandwidth_TBps']:.2f} TB/s",
-        "",
-        "| B | variant | kernels | time (us) | % of state read+write floor | floor (us) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in d["rows"]:
-        lines.append(f"| {r['B']} | {r['variant']} | {r['kernels']} | {r['us']:.1f} | {r['floor_pct']:.1f} | "
-                     f"{r['floor_us']:.1f} |")
-    return "\n".join(lines)
+def render(d: dict) -> str | None:
+    """The header line and the tables of one benchmark JSON, or None for one this file does not know."""
+    k = kind(d)
+    if k is None:
+        return None
+    head = ", ".join(f"{key} {d[key]}" for key in ("device", "torch", "triton") if key in d)
+    if "copy_bandwidth_TBps" in d:
+        head += f"; copy bandwidth {d['copy_bandwidth_TBps']:.2f} TB/s"
+    if "one_kernel_replay_us" in d:
+        head += f"; one-kernel graph replay {d['one_kernel_replay_us']:.1f} us"
+    if k == "numerics":
+        rows = [{"pair": pair, **v} for pair, v in d["report"].items()]
+        head = f"{d['layers']} layers, {d['prefill']}-token prefill, {d['decode_steps']} decodes, torch {d['torch']}"
+    else:
+        rows = d["rows"]
+    parts = [head, table(rows, COLUMNS[k])]
+    if k == "decode" and d.get("sweep") and "variant" in d["sweep"][0]:
+        parts += ["Block sweep:", table(d["sweep"], COLUMNS["sweep"])]
+    if d.get("note"):
+        parts.append(d["note"])
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
-    data = json.load(open(sys.argv[1]))
-    print(decode_table(data) if data["rows"] and "B" in data["rows"][0] else unpack_table(data))
+    print(render(json.load(open(sys.argv[1]))) or "not a benchmark JSON this script knows")

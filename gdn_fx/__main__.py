@@ -30,23 +30,19 @@ def _summary(data: dict) -> str:
 
 
 def _tables(paths) -> None:
-    """Prints each JSON as a table: bench/table.py's renderers where it has one, else _summary."""
-    from gdn_fx.plot import kind
-
+    """Prints each JSON as bench/table.py renders it (the tables of bench/README.md), else _summary."""
     try:
         sys.path.insert(0, str(ROOT))
-        from bench.table import decode_table, unpack_table
-
-        renderers = {"unpack": unpack_table, "decode": decode_table}
-    except ImportError:
-        renderers = {}
+        from bench.table import render
+    except ImportError:  # an installed wheel has no bench/
+        render = lambda data: None  # noqa: E731
     finally:
         sys.path.remove(str(ROOT))
     for path in paths:
         with open(path) as f:
             data = json.load(f)
         print(f"\n## {os.path.basename(path)}\n")
-        print(renderers.get(kind(data), _summary)(data))
+        print(render(data) or _summary(data))
 
 
 def bench(out: str, only: list[str], plot_only: bool) -> int:
