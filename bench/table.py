@@ -13,7 +13,13 @@ from gdn_fx.plot import kind as plot_kind  # noqa: E402
 
 
 def _f(spec):
-    return lambda r: spec.format(**r)
+    """A cell from a format spec over the row's fields; empty where the row lacks one (older JSON)."""
+    def cell(r):
+        try:
+            return spec.format(**r)
+        except KeyError:
+            return ""
+    return cell
 
 
 # per benchmark: (column title, cell of a row)
@@ -28,7 +34,7 @@ COLUMNS = {
               ("time (us)", _f("{us:.1f}")), ("% of floor", _f("{floor_pct:.1f}"))],
     "norm_gate": [("T", _f("{T}")), ("variant", _f("{variant}")), ("kernels", _f("{kernels}")),
                   ("time (us)", _f("{us:.1f}")), ("% of copy bandwidth", _f("{bw_pct:.1f}")),
-                  ("max error (bf16 ulps)", lambda r: f"{r['max_rel_err_2^-7']:.2f}")],
+                  ("max error (bf16 ulps)", lambda r: f"{r.get('max_rel_err_2^-7', float('nan')):.2f}")],
     "prefill": [("B x L", _f("{B}x{L}")), ("variant", _f("{variant}")), ("wall (ms)", _f("{ms:.3f}")),
                 ("GPU busy (ms)", _f("{gpu_ms:.3f}")), ("kernels", _f("{kernels}"))],
     "layer": [("step", _f("{kind}")), ("B x L", _f("{B}x{L}")), ("variant", _f("{variant}")),
