@@ -49,5 +49,5 @@ def test_cli_plot_only(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gdn_fx", "bench", "--plot-only", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "| 16384 | gdn_fx | 1 |" in r.stdout and "other_kernels" in r.stdout  # both tables printed
+    assert "| 16384 | gdn_fx | 1 |" in r.stdout and "| decode | 8x1 | gdn_fx | 3 + " in r.stdout  # both tables printed
     assert (tmp_path / "bench.png").stat().st_size > 10_000
