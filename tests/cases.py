@@ -49,7 +49,8 @@ def op_args(name: str, device="cpu", dtype=torch.float32, seed=0) -> tuple:
         return (rnd(15, CONV_DIM), rnd(15, NV), rnd(15, NV), rnd(CONV_DIM, W), None,
                 rnd(NV, dt=torch.float32), rnd(NV, dt=torch.float32), rnd(SLOTS, CONV_DIM, W - 1 + NUM_SPEC),
                 rnd(SLOTS, NV, DK, DV, dt=torch.float32), rnd(15, NV, DV), meta.query_start_loc, meta.state_indices,
-                meta.has_initial_state, meta.num_accepted_tokens, meta.counts, NK, DK, False)
+                meta.has_initial_state, meta.num_accepted_tokens, meta.counts, NK, DK, False,
+                meta.query_start_loc_host)
     if name == "fused_recurrent_decode":
         return (rnd(5, 2 * NK * DK + NV * DV), rnd(5, NV), rnd(5, NV), rnd(NV, dt=torch.float32),
                 rnd(NV, dt=torch.float32), rnd(SLOTS, NV, DK, DV, dt=torch.float32),

@@ -47,6 +47,9 @@ CASES = [
     ("gdn_core", 9, lambda a: a[9].to(torch.float64), ["core_attn_out", "dtype"]),
     ("gdn_core", 11, lambda a: torch.where(a[11] == 7, 8, a[11]), ["state_indices", "[8]"]),
     ("gdn_core", 13, lambda a: torch.where(a[13] == 3, 4, a[13]), ["num_accepted_tokens=4"]),
+    ("gdn_core", 18, lambda a: a[18][:-1], ["query_start_loc_host", "[16]"]),
+    ("gdn_core", 18, lambda a: a[18].float(), ["query_start_loc_host", "dtype"]),
+    ("gdn_core", 18, lambda a: torch.cat([a[18][:1], a[18][:1], a[18][2:]]), ["query_start_loc_host", "differs"]),
 ]
 
 
