@@ -5,7 +5,8 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
   eager          layer.forward_serving as written (plain PyTorch around the gdn_fx ops)
   stock_compile  torch.compile(..., backend="inductor")
   gdn_fx         torch.compile(..., backend="gdn_fx"): the unpack and norm-gate passes
-Kernels are counted per step from the profiler; GEMMs are the cuBLAS/CUTLASS launches. The byte
+Kernels are counted per step from the profiler, with their GPU time split into GEMMs (the
+cuBLAS/CUTLASS launches) and the rest. The byte
 floor is the weights, both state pools' rows of the batch (read and written) and the activations
 in and out, at the copy bandwidth measured in the same run.
 

@@ -6,9 +6,11 @@ not support (a strided conv weight, too few conv state columns) take two launche
 ``causal_conv1d_decode`` then ``fused_recurrent_decode``.
 
 Prefill part: the conv writes q, k (L2-normalised) and v split by head (one conv launch and one
-state write-back launch); flash-linear-attention's chunk kernels take the raw a and b and compute
-the gate and beta inside (``gdn_fx.ops.delta_rule.fla``), or, where fla-core is not usable, the
-gating and chunk ops run through the dispatcher. Rows past the counted tokens (padding after
+state write-back launch; the rows of NULL_SLOT sequences zero); flash-linear-attention's chunk
+kernels take the raw a and b and compute the gate and beta inside (``gdn_fx.ops.delta_rule.fla``,
+sizing their grids from ``query_start_loc_host`` when given, else from one device read), or,
+where fla does not serve the call (``fla.serves``), the gating and chunk ops run through the
+dispatcher. Rows past the counted tokens (padding after
 prefills) are the only ones zero-filled, and only when the host-side counts say they exist.
 """
 
