@@ -133,10 +133,13 @@ def main():
                 conv0[..., 1:] = torch.where(live[:, None, None], c[slots], 0)
                 states.append((conv0, torch.where(live[:, None, None, None], s[slots], 0).contiguous()))
             steps["fla_engine"] = lambda: fla_run(h, states, fla_meta)
+        fresh = [(c.clone(), s.clone()) for c, s in pools]  # every variant's checked step starts from these
         with torch.no_grad():
-            ref = stack(h, [(c.clone(), s.clone()) for c, s in pools], meta).float()
+            ref = stack(h, [(c.clone(), s.clone()) for c, s in fresh], meta).float()
             for name, step in steps.items():
                 try:
+                    for (c, s), (c0, s0) in zip(pools, fresh):
+                        c.copy_(c0), s.copy_(s0)
                     out = step()
                     err = (out.float() - ref).abs().max().item() / ref.abs().max().item()
                     wall = event_time(step, inner=3) / LAYERS
