@@ -275,3 +275,22 @@ class GatedDeltaNet(nn.Module):
         kd, vd = self.key_dim * self.tp_size, self.value_dim * self.tp_size
         q, k, v = torch.split(t, [kd, kd, vd])
         return torch.cat([self._key_rows(q), self._key_rows(k), self._value_rows(v)])
+
+    def shard_state(self, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pools of the whole layer (tp_size=1 layout) -> new pools holding this rank's heads, e.g. to hand
+        each rank the state one process computed, or to check a rank against one process.
+
+        conv_state: [S, conv_dim_total, C] -> [S, conv_dim, C] (the rank's q, k and v channels);
+        ssm_state: [S, NV_total, DK, DV] -> [S, NV, DK, DV]. Contiguous copies; the inputs are untouched.
+        """
+        kd, vd, nv = self.key_dim * self.tp_size, self.value_dim * self.tp_size, self.num_v_heads * self.tp_size
+        if conv_state.dim() != 3 or conv_state.shape[1] != 2 * kd + vd:
+            raise ValueError(f"conv_state must have shape [S, conv_dim_total={2 * kd + vd}, C], "
+                             f"got {list(conv_state.shape)}")
+        if ssm_state.dim() != 4 or tuple(ssm_state.shape[1:]) != (nv, self.head_k_dim, self.head_v_dim):
+            raise ValueError(f"ssm_state must have shape [S, NV_total={nv}, DK={self.head_k_dim}, "
+                             f"DV={self.head_v_dim}], got {list(ssm_state.shape)}")
+        conv = self._qkv_rows(conv_state.transpose(0, 1)).transpose(0, 1)
+        ssm = self._head_rows(ssm_state.transpose(0, 1)).transpose(0, 1)
+        return (conv.clone(memory_format=torch.contiguous_format),
+                ssm.clone(memory_format=torch.contiguous_format))
