@@ -31,7 +31,8 @@ def _id(case) -> str:
 
 @pytest.fixture(scope="module")
 def reports_2():
-    """{case: [mismatch messages]} of each of the 2 ranks, and "errors": the messages of bad sizes and ranks."""
+    """{case: [mismatch messages]} of each of the 2 ranks, "errors": the messages of bad sizes and ranks,
+    "demo": whether the tp demo passed."""
     return spawn(tp_worker.check_cases, 2, CASES_2, True, device="cpu", timeout_s=400, env=ENV)
 
 
@@ -62,6 +63,19 @@ def test_bad_sizes_and_ranks_raise(reports_2):
         assert "tp_size=2 must divide both num_k_heads=3 and num_v_heads=6" in msgs["uneven"], msgs
         assert "sizes that do: [1, 3]" in msgs["uneven"], msgs
         assert f"tp_rank={(r + 1) % 2}" in msgs["wrong_rank"] and f"rank {r} of a group of 2" in msgs["wrong_rank"]
+
+
+def test_demo_passes(reports_2):
+    assert [rep["demo"] for rep in reports_2] == [True, True]
+
+
+def test_demo_command_line_rejects_bad_values(capsys):
+    from gdn_fx.distributed import tp_demo
+
+    assert tp_demo.main(["--nproc", "0", "--device", "cpu"]) == 2
+    assert "--nproc must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tp_demo.main(["--variant", "mamba"])
 
 
 def test_check_tp_size():
@@ -112,9 +126,10 @@ def test_import_starts_no_process_group():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (the nvidia-h200-x2 kind)")
 def test_two_gpus_nccl_match_one_process():
     """The CPU cases on 2 GPUs over nccl, plus a compiled decode step captured in a CUDA graph with its all-reduce."""
-    reports = spawn(tp_worker.check_cases, 2, CASES_2, device="cuda", timeout_s=540)
-    problems = [f"rank {r}, {_id(c)}: {m}" for r, rep in enumerate(reports) for c, msgs in rep.items() for m in msgs]
-    assert not problems, "\n".join(problems)
+    reports = spawn(tp_worker.check_cases, 2, CASES_2, True, device="cuda", timeout_s=540)
+    for case in CASES_2:
+        _check(reports, case)
+    assert [rep["demo"] for rep in reports] == [True, True]
     reports = spawn(tp_worker.check_cuda_graph, 2, device="cuda", timeout_s=300)
     problems = [f"rank {r}: {m}" for r, rep in enumerate(reports) for m in rep]
     assert not problems, "\n".join(problems)

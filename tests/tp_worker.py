@@ -120,14 +120,19 @@ def _compare(where: str, got, want, pools, want_pools) -> list[str]:
     return errors
 
 
-def check_cases(rank: int, world_size: int, device, cases: list[tuple], errors: bool = False) -> dict:
+def check_cases(rank: int, world_size: int, device, cases: list[tuple], extras: bool = False) -> dict:
     """spawn target: {case: mismatch messages} for cases (variant, num_k_heads, ratio, mode), and with
-    ``errors`` {"errors": check_errors()} (one job: starting ranks costs more than a case)."""
+    ``extras`` "errors": check_errors() and "demo": whether the tp demo's eager run passed (one job:
+    starting ranks costs more than a case)."""
     if device.type == "cpu":
         torch.set_num_threads(1)  # ranks share the machine's cores
     out = {case: run_case(*case, device=device) for case in cases}
-    if errors:
+    if extras:
+        from gdn_fx.distributed import tp_demo
+
         out["errors"] = check_errors(rank, world_size, device)
+        opts = vars(tp_demo.parse_args(["--variant", "olmo_hybrid", "--backend", "eager", "--device", device.type]))
+        out["demo"] = tp_demo.run_rank(rank, world_size, device, opts)
     return out
 
 
