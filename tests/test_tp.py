@@ -20,7 +20,8 @@ CASES_2 = ([(v, 2, r, "eager") for v in (*FAMILIES, "qwen3_5_split") for r in (1
            + [(v, 2, 3, "compiled") for v in FAMILIES])
 # 4 ranks, 4 key heads, one key head each (eager: 4 ranks start slowly on CI's 2 cores)
 CASES_4 = [(v, 4, 2, "eager") for v in FAMILIES]
-# each rank compiles on one thread: the machine's cores are shared by the ranks
+# each rank compiles on one thread: the machine's cores are shared by the ranks. Collectives wait up
+# to 180 s: a rank that compiles faster waits inside the first all-reduce for the other.
 ENV = {"TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -33,12 +34,13 @@ def _id(case) -> str:
 def reports_2():
     """{case: [mismatch messages]} of each of the 2 ranks, "errors": the messages of bad sizes and ranks,
     "demo": whether the tp demo passed."""
-    return spawn(tp_worker.check_cases, 2, CASES_2, True, device="cpu", timeout_s=400, env=ENV)
+    return spawn(tp_worker.check_cases, 2, CASES_2, True, device="cpu", timeout_s=400, collective_timeout_s=180,
+                 env=ENV)
 
 
 @pytest.fixture(scope="module")
 def reports_4():
-    return spawn(tp_worker.check_cases, 4, CASES_4, device="cpu", timeout_s=300, env=ENV)
+    return spawn(tp_worker.check_cases, 4, CASES_4, device="cpu", timeout_s=300, collective_timeout_s=180, env=ENV)
 
 
 def _check(reports, case):
@@ -126,10 +128,10 @@ def test_import_starts_no_process_group():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (the nvidia-h200-x2 kind)")
 def test_two_gpus_nccl_match_one_process():
     """The CPU cases on 2 GPUs over nccl, plus a compiled decode step captured in a CUDA graph with its all-reduce."""
-    reports = spawn(tp_worker.check_cases, 2, CASES_2, True, device="cuda", timeout_s=540)
+    reports = spawn(tp_worker.check_cases, 2, CASES_2, True, device="cuda", timeout_s=900, collective_timeout_s=300)
     for case in CASES_2:
         _check(reports, case)
     assert [rep["demo"] for rep in reports] == [True, True]
-    reports = spawn(tp_worker.check_cuda_graph, 2, device="cuda", timeout_s=300)
+    reports = spawn(tp_worker.check_cuda_graph, 2, device="cuda", timeout_s=600, collective_timeout_s=300)
     problems = [f"rank {r}: {m}" for r, rep in enumerate(reports) for m in rep]
     assert not problems, "\n".join(problems)

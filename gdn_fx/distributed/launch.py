@@ -42,6 +42,7 @@ def rank_device(device: str, local_rank: int) -> torch.device:
 
 
 def _init(device: str, local_rank: int, timeout_s: float, **kwargs) -> torch.device:
+    """This rank's device and process group; NCCL_SAFE_ENV in the environment unless already set."""
     for k, v in NCCL_SAFE_ENV.items():
         os.environ.setdefault(k, v)
     dev = rank_device(device, local_rank)
@@ -60,7 +61,8 @@ def launched() -> bool:
 def init_from_env(device: str, timeout_s: float = 300.0) -> torch.device:
     """Joins the process group torch.distributed.run describes in the environment (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT): gloo on the CPU, nccl on cuda, one GPU per local rank.
-    Collectives time out after ``timeout_s``. Returns this rank's device."""
+    Collectives time out after ``timeout_s``. Returns this rank's device. NVLink multicast is off
+    (NCCL_SAFE_ENV) unless this process's environment sets those variables itself."""
     if not launched():
         raise RuntimeError("init_from_env: not started by torch.distributed.run (RANK, WORLD_SIZE, LOCAL_RANK, "
                            "MASTER_ADDR or MASTER_PORT is unset)")
@@ -71,12 +73,12 @@ def _entry(rank: int, fn, world_size: int, args: tuple, device: str, store_file:
            timeout_s: float) -> None:
     """One spawned rank: process group, fn, its result written for the parent."""
     dev = _init(device, rank, timeout_s, init_method=f"file://{store_file}", rank=rank, world_size=world_size)
-    try:
-        result = fn(rank, world_size, dev, *args)
-        with open(os.path.join(result_dir, f"rank{rank}.pkl"), "wb") as f:
-            pickle.dump(result, f)
-    finally:
-        dist.destroy_process_group()
+    result = fn(rank, world_size, dev, *args)
+    with open(os.path.join(result_dir, f"rank{rank}.pkl"), "wb") as f:
+        pickle.dump(result, f)
+    # only after success: tearing nccl down while a peer still waits in a collective can block, and
+    # a failing rank must exit at once for the parent to see it
+    dist.destroy_process_group()
 
 
 def spawn(fn: Callable[..., Any], world_size: int, *args, device: str = "cpu", timeout_s: float = 300.0,
@@ -124,11 +126,15 @@ def spawn(fn: Callable[..., Any], world_size: int, *args, device: str = "cpu", t
 
 @contextlib.contextmanager
 def _environ(values: dict[str, str]):
-    """os.environ with ``values`` added (existing NCCL_SAFE_ENV keys kept as set), restored on exit."""
-    saved = dict(os.environ)
-    os.environ.update({k: v for k, v in values.items() if not (k in NCCL_SAFE_ENV and k in os.environ)})
+    """os.environ with ``values`` set (NCCL_SAFE_ENV keys already set are kept), restored on exit."""
+    values = {k: v for k, v in values.items() if not (k in NCCL_SAFE_ENV and k in os.environ)}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

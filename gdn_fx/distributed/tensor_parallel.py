@@ -8,6 +8,8 @@ torch.compile traces it into the graph (no graph break), Inductor schedules it, 
 captures it (NCCL). The layer's other work is that of ``GatedDeltaNet`` on fewer heads.
 """
 
+from __future__ import annotations
+
 import torch
 import torch.distributed as dist
 from torch import nn
