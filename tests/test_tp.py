@@ -11,9 +11,10 @@ import torch
 import torch.distributed as dist
 
 from gdn_fx.distributed import check_tp_size, spawn, valid_tp_sizes
+from gdn_fx.layers import LAYERS
 from tests import tp_worker
 
-FAMILIES = ("qwen3_next", "qwen3_5", "olmo_hybrid")
+FAMILIES = tuple(sorted(LAYERS))  # qwen3_next, qwen3_5, olmo_hybrid, and any family registered later
 # 2 ranks, 2 key heads: every head ratio, eager (and Qwen3.5's split projections);
 # compiled for each family at a ratio that is no power of two.
 CASES_2 = ([(v, 2, r, "eager") for v in (*FAMILIES, "qwen3_5_split") for r in (1, 2, 3, 4)]
