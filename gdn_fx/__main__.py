@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-BENCHES = ("unpack", "norm_gate", "decode", "prefill", "layer", "numerics")
+BENCHES = ("unpack", "norm_gate", "decode", "prefill", "layer", "numerics", "generate")
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout, when run from one
 
 
