@@ -3,16 +3,20 @@ bf16 activations, fp32 state, at 1x4096, 1x16384, 8x2048 and 64x256 tokens.
 
   gdn_fx_core     gdn_fx::gdn_core on cuda for a prefill-only batch: from the packed pre-conv
                   mixed_qkv and raw a, b to core_attn_out and both state pools (shuffled slots,
-                  half the sequences continuing from a state): Triton conv + split + q/k L2 norm,
-                  flash-linear-attention's chunk kernels with gate and beta inside, state gather/scatter
+                  half the sequences continuing from a state), with the step's plan from build_metadata:
+                  Triton conv + split + q/k L2 norm, our gating launch, flash-linear-attention's chunk
+                  kernels sized by the plan's chunk layout, state gather/scatter
   fla_chunk       fla's chunk_gated_delta_rule alone on contiguous q, k, v with g and beta precomputed,
                   q/k L2 norm in kernel, initial and final states: the anchor of SPEC.md
   fla_conv_chunk  fla's causal_conv1d (Triton) + chunk_gated_delta_rule with gate, beta and L2 norm in
                   kernel: the whole core prefill as an engine would write it with fla today (no pools)
-  gdn_fx_core_sync  gdn_fx_core without the metadata's host copy of the lengths (one device read)
-fla sizes its grids from the sequence lengths on the host, so times are CUDA-event wall times of
+  gdn_fx_core_unplanned  gdn_fx_core on hand-built metadata without the chunk plan: the op reads the
+                  prefill lengths from the device (one sync per call) and builds the layout per call
+fla sizes its grids from the chunk layout on the host, so times are CUDA-event wall times of
 back-to-back calls (median of 10 x 5), not graph replays; "GPU busy" is the profiler's sum of
-kernel times of one call: wall time above it is host time (Python, launches) or a sync.
+kernel times of one call: wall time above it is host time (Python, launches) or a sync. "host" is
+the CPU time to issue one call (host clock, no wait for the device); "launches" counts kernels and
+memsets/copies of one call.
 
     python bench/bench_prefill.py --out bench/results
 """
@@ -26,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import device_info, event_time, kernel_stats, save  # noqa: E402
+from bench.common import device_info, event_time, host_time, kernel_stats, save  # noqa: E402
 from gdn_fx import Request, build_metadata, ops  # noqa: E402
 from gdn_fx.ops import registry  # noqa: E402
 
@@ -67,13 +71,13 @@ def main():
             ops.gdn_core(x, b, a, w, None, A_log, dt_bias, conv_state, ssm_state, out, meta, num_k_heads=NK,
                          head_k_dim=DK)
 
-        meta_nohost = dataclasses.replace(meta, query_start_loc_host=None)
+        meta_unplanned = dataclasses.replace(meta, chunk_plan=None)
 
-        def run_gdn_fx_sync():  # without the metadata's host copy of the lengths: one device read per call
-            ops.gdn_core(x, b, a, w, None, A_log, dt_bias, conv_state, ssm_state, out, meta_nohost, num_k_heads=NK,
-                         head_k_dim=DK)
+        def run_gdn_fx_unplanned():  # hand-built metadata without the chunk plan: one device read per call
+            ops.gdn_core(x, b, a, w, None, A_log, dt_bias, conv_state, ssm_state, out, meta_unplanned,
+                         num_k_heads=NK, head_k_dim=DK)
 
-        variants = {"gdn_fx_core": run_gdn_fx, "gdn_fx_core_sync": run_gdn_fx_sync}
+        variants = {"gdn_fx_core": run_gdn_fx, "gdn_fx_core_unplanned": run_gdn_fx_unplanned}
         if chunk_gated_delta_rule is not None:
             cu = torch.arange(0, T + 1, L, device="cuda", dtype=torch.int64)
             cu_cpu = cu.cpu()
@@ -107,14 +111,16 @@ def main():
                 continue
             try:
                 t = event_time(fn)
+                host = host_time(fn)
                 stats = kernel_stats(fn)
                 names, gpu = [k for k, _ in stats], sum(us for _, us in stats) / 1e6
             except Exception as e:  # an anchor that fails is reported, not fatal
                 print(f"{B}x{L} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue
-            rows.append({"B": B, "L": L, "variant": name, "ms": t * 1e3, "gpu_ms": gpu * 1e3, "kernels": len(names)})
-            print(f"{B:3d}x{L:<6d} {name:17s} {t * 1e3:8.3f} ms  (GPU busy {gpu * 1e3:.3f} ms in {len(names)} kernels)",
-                  flush=True)
+            rows.append({"B": B, "L": L, "variant": name, "ms": t * 1e3, "gpu_ms": gpu * 1e3, "host_ms": host * 1e3,
+                         "wall_over_gpu": t / gpu, "kernels": len(names)})
+            print(f"{B:3d}x{L:<6d} {name:22s} {t * 1e3:8.3f} ms  (GPU busy {gpu * 1e3:.3f} ms = {t / gpu:.2f}x, host "
+                  f"{host * 1e3:.3f} ms, {len(names)} launches)", flush=True)
     payload = {**device_info(), "chunk_backend": registry.get("chunk_gated_delta_rule").backend("cuda"),
                "core_backend": registry.get("gdn_core").backend("cuda"), "rows": rows}
     print("wrote", save(args.out, "prefill.json", payload))

@@ -3,6 +3,7 @@
 import json
 import os
 import statistics
+import time
 
 import torch
 
@@ -40,6 +41,23 @@ def event_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
     return _median_time(fn, reps, inner)
+
+
+def host_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
+    """Seconds of host time per call of ``fn``: the median over ``reps`` of ``inner`` back-to-back calls
+    timed on the host clock without waiting for the device (what it costs the CPU to issue the work;
+    ``inner`` stays far below the launch queue's depth so no call waits for the GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t) / inner)
+    torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def _median_time(fn, reps: int, inner: int) -> float:

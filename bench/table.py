@@ -36,7 +36,11 @@ COLUMNS = {
                   ("time (us)", _f("{us:.1f}")), ("% of copy bandwidth", _f("{bw_pct:.1f}")),
                   ("max error (bf16 ulps)", lambda r: f"{r.get('max_rel_err_2^-7', float('nan')):.2f}")],
     "prefill": [("B x L", _f("{B}x{L}")), ("variant", _f("{variant}")), ("wall (ms)", _f("{ms:.3f}")),
-                ("GPU busy (ms)", _f("{gpu_ms:.3f}")), ("kernels", _f("{kernels}"))],
+                ("GPU busy (ms)", _f("{gpu_ms:.3f}")), ("wall / GPU busy", _f("{wall_over_gpu:.2f}")),
+                ("host (ms)", _f("{host_ms:.3f}")), ("launches", _f("{kernels}"))],
+    "prefill_stack": [("B x L", _f("{B}x{L}")), ("variant", _f("{variant}")), ("wall / layer (ms)", _f("{ms:.3f}")),
+                      ("GPU busy / layer (ms)", _f("{gpu_ms:.3f}")), ("host / layer (ms)", _f("{host_ms:.3f}")),
+                      ("launches / layer", _f("{launches:.0f}")), ("max rel. diff to eager", _f("{rel_err_vs_eager:.1e}"))],
     "layer": [("step", _f("{kind}")), ("B x L", _f("{B}x{L}")), ("variant", _f("{variant}")),
               ("kernels (GEMM + other)", _f("{gemm_kernels} + {other_kernels}")), ("time (us)", _f("{us:.1f}")),
               ("x floor", _f("{x_floor:.2f}")), ("floor (us)", _f("{floor_us:.1f}")),
@@ -56,6 +60,8 @@ COLUMNS = {
 
 def kind(d: dict) -> str | None:
     rows = d.get("rows")
+    if d.get("bench") in COLUMNS:
+        return d["bench"]
     if not rows:
         return "numerics" if "report" in d else None  # the single-family JSON of earlier runs
     if d.get("bench") in ("numerics", "generate"):

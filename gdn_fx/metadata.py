@@ -7,7 +7,10 @@ plain decodes and speculative verifications share the recurrent path (a plain
 decode is a verification with no draft token), prefills take the chunked path.
 
 Everything is computed on the host from Python values and copied to the device
-once (pinned, non-blocking): building metadata never waits for the device.
+once (pinned, non-blocking): building metadata never waits for the device. What every layer
+needs from the batch alone (its split, fla's chunk layout, the value checks) is computed here,
+once per step (``gdn_fx.ops.plan``), so the core op's host work per layer call is a fixed number
+of steps, whatever the token count.
 """
 
 import dataclasses
@@ -15,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from gdn_fx.ops import plan as _plan
 from gdn_fx.ops.checks import NULL_SLOT
 
 
@@ -44,47 +48,70 @@ class Request:
 
 @dataclasses.dataclass
 class GDNMetadata:
-    """Device tensors describing one packed batch of T tokens, one row per token: the first rows
-    are the sequences (decodes, then prefills, then padding), the rest zero-token NULL_SLOT rows.
+    """One packed batch of T tokens, for state pools of ``num_slots`` slots and ``num_spec`` draft
+    positions. Device tensors have one row per token: the first rows are the sequences (decodes,
+    then prefills, then padding), the rest zero-token NULL_SLOT rows.
 
-    query_start_loc: [T+1] int32; state_indices: [T, 1 + num_spec] int32
-    (NULL_SLOT where unused); has_initial_state: [T] bool; num_accepted_tokens: [T] int32;
-    counts: CPU int64 (num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens);
-    query_start_loc_host: CPU copy of query_start_loc (the prefill kernels size their grids from it).
+    query_start_loc: [T+1] int32; state_indices: [T, 1 + num_spec] int32 (NULL_SLOT where unused);
+    has_initial_state: [T] bool; num_accepted_tokens: [T] int32;
+    plan: CPU int64 [8], the batch's split and sizes (``gdn_fx.ops.plan``); chunk_plan: [4, T+1] int32,
+    the chunked prefill's layout (``gdn_fx.ops.plan``), or None for hand-built metadata (the cuda
+    core op then reads the lengths from the device, a sync per call).
     """
 
     query_start_loc: torch.Tensor
     state_indices: torch.Tensor
     has_initial_state: torch.Tensor
     num_accepted_tokens: torch.Tensor
-    counts: torch.Tensor
-    query_start_loc_host: torch.Tensor | None = None
+    plan: torch.Tensor
+    chunk_plan: torch.Tensor | None
+    num_slots: int
+    num_spec: int
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """CPU int64 (num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens)."""
+        return self.plan[:4]
 
     @property
     def num_decodes(self) -> int:
-        return int(self.counts[0])
+        return int(self.plan[_plan.NUM_DECODES])
 
     @property
     def num_decode_tokens(self) -> int:
-        return int(self.counts[1])
+        return int(self.plan[_plan.NUM_DECODE_TOKENS])
 
     @property
     def num_prefills(self) -> int:
-        return int(self.counts[2])
+        return int(self.plan[_plan.NUM_PREFILLS])
 
     @property
     def num_prefill_tokens(self) -> int:
-        return int(self.counts[3])
+        return int(self.plan[_plan.NUM_PREFILL_TOKENS])
 
     @property
     def num_actual_tokens(self) -> int:
         return self.num_decode_tokens + self.num_prefill_tokens
 
     def to(self, device) -> "GDNMetadata":
-        host = ("counts", "query_start_loc_host")  # read on the host: they stay there
-        return dataclasses.replace(
-            self, **{f.name: _to(getattr(self, f.name), device) for f in dataclasses.fields(self) if f.name not in host}
-        )
+        """The device tensors on ``device`` (pinned, non-blocking); ``plan`` stays on the host."""
+        return dataclasses.replace(self, **{
+            f.name: _to(getattr(self, f.name), device) for f in dataclasses.fields(self)
+            if f.name not in ("plan", "num_slots", "num_spec") and getattr(self, f.name) is not None
+        })
+
+    def check_pools(self, conv_state: torch.Tensor, ssm_state: torch.Tensor, conv_width: int | None = None) -> None:
+        """Raises ValueError unless the pools have the ``num_slots`` slots this metadata was built for and
+        the conv pool at least the ``W - 1 + num_spec`` columns its draft tokens need (``conv_width`` = W, when
+        given): the kernels would read and write out of bounds. Reads shapes only."""
+        for name, pool in (("conv_state", conv_state), ("ssm_state", ssm_state)):
+            if pool.dim() < 1 or pool.shape[0] != self.num_slots:
+                raise ValueError(f"metadata was built for num_slots={self.num_slots} but {name} has "
+                                 f"{pool.shape[0] if pool.dim() else 0} slots (shape {list(pool.shape)})")
+        if conv_width is not None and (conv_state.dim() != 3 or conv_state.shape[2] < conv_width - 1 + self.num_spec):
+            raise ValueError(f"metadata was built for num_spec={self.num_spec} but conv_state has shape "
+                             f"{list(conv_state.shape)}: its last dim must be at least W - 1 + num_spec = "
+                             f"{conv_width - 1 + self.num_spec} for width W={conv_width}")
 
 
 def _to(t: torch.Tensor, device) -> torch.Tensor:
@@ -121,6 +148,8 @@ def build_metadata(
         raise ValueError("requests must hold at least one request")
     if num_spec < 0:
         raise ValueError(f"num_spec must be >= 0, got {num_spec}")
+    if num_slots < 1:
+        raise ValueError(f"num_slots must be >= 1, got {num_slots}")
     width = 1 + num_spec
     rows, lens, init, accepted = [], [], [], []
     seen_prefill = None
@@ -192,12 +221,17 @@ def build_metadata(
         nd, ndt = len(lens), pad_to
     qsl = torch.zeros(len(lens) + 1, dtype=torch.int32)
     qsl[1:] = torch.tensor(lens, dtype=torch.int32).cumsum(0)
+    T = len(lens)
+    chunk_plan, nc = _plan.chunk_layout(lens[nd : nd + np_], T)
     meta = GDNMetadata(
         query_start_loc=qsl,
-        state_indices=torch.tensor(rows, dtype=torch.int32).reshape(len(rows), width),
+        state_indices=torch.tensor(rows, dtype=torch.int32).reshape(T, width),
         has_initial_state=torch.tensor(init, dtype=torch.bool),
         num_accepted_tokens=torch.tensor(accepted, dtype=torch.int32),
-        counts=torch.tensor([nd, ndt, np_, npt], dtype=torch.int64),
-        query_start_loc_host=qsl,
+        plan=_plan.make_plan(nd, ndt, np_, npt, num_slots=num_slots, num_spec=num_spec, num_chunks=nc,
+                             checked=True),
+        chunk_plan=chunk_plan,
+        num_slots=num_slots,
+        num_spec=num_spec,
     )
     return meta.to(device)

@@ -13,8 +13,17 @@ def _i32(x):
     return torch.tensor(x, dtype=torch.int32)
 
 
-def op_args(name: str, device="cpu", dtype=torch.float32, seed=0) -> tuple:
-    """Positional arguments of torch.ops.gdn_fx.<name> for a small mixed batch with a padding row."""
+def _checked(plan: torch.Tensor, checked: bool) -> torch.Tensor:
+    from gdn_fx.ops.plan import CHECKED
+
+    plan = plan.clone()
+    plan[CHECKED] = int(checked)
+    return plan
+
+
+def op_args(name: str, device="cpu", dtype=torch.float32, seed=0, checked: bool = True) -> tuple:
+    """Positional arguments of torch.ops.gdn_fx.<name> for a small mixed batch with a padding row.
+    gdn_core: ``checked=False`` marks its metadata hand-built (the op then checks its values itself)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, dt=dtype):
@@ -49,8 +58,8 @@ def op_args(name: str, device="cpu", dtype=torch.float32, seed=0) -> tuple:
         return (rnd(15, CONV_DIM), rnd(15, NV), rnd(15, NV), rnd(CONV_DIM, W), None,
                 rnd(NV, dt=torch.float32), rnd(NV, dt=torch.float32), rnd(SLOTS, CONV_DIM, W - 1 + NUM_SPEC),
                 rnd(SLOTS, NV, DK, DV, dt=torch.float32), rnd(15, NV, DV), meta.query_start_loc, meta.state_indices,
-                meta.has_initial_state, meta.num_accepted_tokens, meta.counts, NK, DK, False,
-                meta.query_start_loc_host)
+                meta.has_initial_state, meta.num_accepted_tokens, _checked(meta.plan, checked), NK, DK, False,
+                meta.chunk_plan)
     if name == "fused_recurrent_decode":
         return (rnd(5, 2 * NK * DK + NV * DV), rnd(5, NV), rnd(5, NV), rnd(NV, dt=torch.float32),
                 rnd(NV, dt=torch.float32), rnd(SLOTS, NV, DK, DV, dt=torch.float32),

@@ -2,9 +2,20 @@
 GDN layer and ours loaded from it (imported lazily: the ops tests need neither transformers nor gdn_fx.layers)."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Hermetic runs: this process (and the subprocesses it starts) compile into caches of their own,
+    never reading Inductor's or Triton's caches of other runs on the machine."""
+    root = tempfile.mkdtemp(prefix="gdn_fx_tests_")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(root, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(root, "triton")
+    config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
 
 
 def pytest_collection_modifyitems(config, items):

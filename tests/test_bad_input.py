@@ -41,21 +41,40 @@ CASES = [
     ("fused_recurrent_decode", 7, lambda a: _i32([[2, -1, -1], [5, 6, 8], [-1, -1, -1]]), ["state_indices", "[8]"]),
     ("fused_recurrent_decode", 8, lambda a: _i32([1, 4, 1]), ["num_accepted_tokens=4"]),
     ("fused_recurrent_decode", 3, lambda a: a[3][:-1], ["A_log", "[3]"]),
-    ("gdn_core", 14, lambda a: torch.tensor([2, 4, 2, 8]), ["counts", "disagree"]),
-    ("gdn_core", 14, lambda a: torch.tensor([2, 4, 2], dtype=torch.int64), ["counts", "[4]"]),
+    ("gdn_core", 14, lambda a: a[14][:4], ["plan", "[8]"]),
+    ("gdn_core", 14, lambda a: _plan(a, num_slots=16), ["num_slots=16", "8 slots"]),
+    ("gdn_core", 14, lambda a: _plan(a, num_spec=1), ["num_spec=1", "2 columns", "[15, 3]"]),
+    ("gdn_core", 14, lambda a: _plan(a, num_decodes=9), ["plan", "does not fit", "N=15"]),
+    ("gdn_core", 7, lambda a: a[7][..., :4], ["num_spec=2", "W - 1 + num_spec = 5"]),
+    ("gdn_core", 7, lambda a: a[7].to(torch.int32), ["conv_state", "dtype", "torch.int32"]),
+    ("gdn_core", 7, lambda a: a[7].double(), ["conv_state", "dtype", "torch.float64"]),
+    ("gdn_core", 8, lambda a: a[8][:-1], ["ssm_state", "[8, 4, 8, 12]"]),
     ("gdn_core", 0, lambda a: a[0][:, :-1], ["mixed_qkv", "channels"]),
     ("gdn_core", 9, lambda a: a[9].to(torch.float64), ["core_attn_out", "dtype"]),
+    ("gdn_core", 18, lambda a: a[18][:, :-1], ["chunk_plan", "[4, 16]"]),
+    ("gdn_core", 18, lambda a: a[18].long(), ["chunk_plan", "dtype"]),
+]
+
+# hand-built metadata (plan "checked" = 0): the op checks the per-token values it can read without a sync
+VALUE_CASES = [
+    ("gdn_core", 14, lambda a: _plan(a, num_prefill_tokens=8), ["counts", "disagree"]),
     ("gdn_core", 11, lambda a: torch.where(a[11] == 7, 8, a[11]), ["state_indices", "[8]"]),
     ("gdn_core", 13, lambda a: torch.where(a[13] == 3, 4, a[13]), ["num_accepted_tokens=4"]),
-    ("gdn_core", 18, lambda a: a[18][:-1], ["query_start_loc_host", "[16]"]),
-    ("gdn_core", 18, lambda a: a[18].float(), ["query_start_loc_host", "dtype"]),
-    ("gdn_core", 18, lambda a: torch.cat([a[18][:1], a[18][:1], a[18][2:]]), ["query_start_loc_host", "differs"]),
+    ("gdn_core", 10, lambda a: torch.cat([a[10][:2], a[10][:1], a[10][3:]]), ["query_start_loc", "non-decreasing"]),
+    ("gdn_core", 18, lambda a: a[18].roll(1, 1), ["chunk_plan", "disagrees"]),
 ]
 
 
-@pytest.mark.parametrize("op,i,bad,words", CASES, ids=[f"{c[0]}-{'-'.join(c[3][:1])}-{n}" for n, c in enumerate(CASES)])
-def test_bad_input_raises_before_writing(op, i, bad, words):
-    args = op_args(op)
+def _plan(args, **fields):
+    from gdn_fx.ops.plan import PLAN_FIELDS
+
+    plan = args[14].clone()
+    for name, value in fields.items():
+        plan[PLAN_FIELDS.index(name)] = value
+    return plan
+
+
+def _raises_before_writing(args, op, i, bad, words):
     args = _replace(args, i, bad(args))
     snapshot = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
     with pytest.raises(ValueError) as err:
@@ -65,6 +84,31 @@ def test_bad_input_raises_before_writing(op, i, bad, words):
     for a, b in zip(args, snapshot):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), "an argument was written before the error"
+
+
+@pytest.mark.parametrize("op,i,bad,words", CASES, ids=[f"{c[0]}-{'-'.join(c[3][:1])}-{n}" for n, c in enumerate(CASES)])
+def test_bad_input_raises_before_writing(op, i, bad, words):
+    _raises_before_writing(op_args(op), op, i, bad, words)
+
+
+@pytest.mark.parametrize("check_values", [False, True], ids=["hand_built", "GDN_FX_CHECK_VALUES"])
+@pytest.mark.parametrize("op,i,bad,words", VALUE_CASES, ids=[f"{c[3][0]}-{n}" for n, c in enumerate(VALUE_CASES)])
+def test_bad_values_raise_before_writing(op, i, bad, words, check_values, monkeypatch):
+    """Hand-built metadata has its values checked by the op; metadata from build_metadata only with the debug
+    switch on (its values were checked on the host when it was built)."""
+    if check_values:
+        monkeypatch.setenv("GDN_FX_CHECK_VALUES", "1")
+    _raises_before_writing(op_args(op, checked=check_values), op, i, bad, words)
+
+
+def test_checked_metadata_skips_the_per_token_checks():
+    """build_metadata checked the values once for the step: the core op's own validation trusts them
+    (no per-token host work per call)."""
+    from gdn_fx.ops import registry
+
+    for op, i, bad, _ in VALUE_CASES:
+        args = _replace(op_args(op), i, bad(op_args(op)))
+        registry.get(op).validate(*args)  # no error
 
 
 def test_device_mismatch_is_reported():
@@ -93,5 +137,52 @@ def test_device_mismatch_is_reported():
 def test_builder_rejects_bad_batches(requests, kwargs, words):
     with pytest.raises(ValueError) as err:
         build_metadata(requests, num_slots=SLOTS, **kwargs)
+    for w in words:
+        assert w in str(err.value), f"{w!r} not in {err.value}"
+
+
+def _layer_and_pools(num_slots=8, num_spec=0):
+    from gdn_fx.layers import Qwen3NextGatedDeltaNet
+
+    torch.manual_seed(0)
+    layer = Qwen3NextGatedDeltaNet(hidden_size=16, num_k_heads=2, num_v_heads=4, head_k_dim=8, head_v_dim=8)
+    conv_state, ssm_state = layer.allocate_state(num_slots, num_spec=num_spec)
+    return layer.requires_grad_(False), conv_state.normal_(), ssm_state.normal_()
+
+
+@pytest.mark.parametrize(
+    "meta_kwargs,pool_kwargs,words",
+    [
+        ({"num_slots": 16}, {"num_slots": 8}, ["num_slots=16", "conv_state has 8 slots"]),
+        ({"num_slots": 8, "num_spec": 2}, {"num_slots": 8, "num_spec": 0}, ["num_spec=2", "W - 1 + num_spec = 5"]),
+    ],
+    ids=["slots", "spec"],
+)
+def test_forward_serving_checks_the_pools_before_any_kernel(meta_kwargs, pool_kwargs, words):
+    layer, conv_state, ssm_state = _layer_and_pools(**pool_kwargs)
+    meta = build_metadata([Request(1, 3, num_computed_tokens=2), Request(4, 5)], **meta_kwargs)
+    snapshot = conv_state.clone(), ssm_state.clone()
+    with pytest.raises(ValueError) as err:
+        layer.forward_serving(torch.randn(5, 16), conv_state, ssm_state, meta)
+    for w in words:
+        assert w in str(err.value), f"{w!r} not in {err.value}"
+    assert torch.equal(conv_state, snapshot[0]) and torch.equal(ssm_state, snapshot[1])
+
+
+@pytest.mark.parametrize(
+    "hidden,words",
+    [
+        (lambda: torch.randn(5, 15), ["hidden_states", "[T=5, hidden_size=16]", "[5, 15]"]),
+        (lambda: torch.randn(4, 16), ["hidden_states", "[4, 16]"]),
+        (lambda: torch.randn(1, 5, 16), ["hidden_states", "[1, 5, 16]"]),
+        (lambda: torch.randn(5, 16, dtype=torch.float64), ["hidden_states", "torch.float32", "torch.float64"]),
+    ],
+    ids=["hidden", "tokens", "rank", "dtype"],
+)
+def test_forward_serving_names_bad_hidden_states(hidden, words):
+    layer, conv_state, ssm_state = _layer_and_pools()
+    meta = build_metadata([Request(1, 3, num_computed_tokens=2), Request(4, 5)], num_slots=8)
+    with pytest.raises(ValueError) as err:
+        layer.forward_serving(hidden(), conv_state, ssm_state, meta)
     for w in words:
         assert w in str(err.value), f"{w!r} not in {err.value}"

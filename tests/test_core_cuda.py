@@ -49,14 +49,15 @@ CHECK = textwrap.dedent("""
         want = torch.zeros(T, NV, DV, dtype=torch.bfloat16)
         pools = [conv.clone(), ssm.clone()]
         reference(x, b, a, w.to(torch.bfloat16), None, A_log, dt, *pools, want, meta.query_start_loc,
-                  meta.state_indices, meta.has_initial_state, meta.num_accepted_tokens, meta.counts, NK, DK, neg)
+                  meta.state_indices, meta.has_initial_state, meta.num_accepted_tokens, meta.plan, NK, DK, neg)
         dm = meta.to(DEV)
         got = torch.full((T, NV, DV), float("nan"), dtype=torch.bfloat16, device=DEV)
         dpools = [conv.to(DEV), ssm.to(DEV)]
+        planned = i % 2 == 0  # odd cases: hand-built metadata without a chunk plan (lengths read from the device)
         gdn_core_cuda(x.to(DEV), b.to(DEV), a.to(DEV), w.to(torch.bfloat16).to(DEV), None, A_log.to(DEV), dt.to(DEV),
                       *dpools, got, dm.query_start_loc, dm.state_indices, dm.has_initial_state,
-                      dm.num_accepted_tokens, dm.counts, NK, DK, neg, dm.query_start_loc_host)
-        case = f"DK={DK} DV={DV} R={R} lens={lens}"
+                      dm.num_accepted_tokens, dm.plan, NK, DK, neg, dm.chunk_plan if planned else None)
+        case = f"DK={DK} DV={DV} R={R} lens={lens} planned={planned}"
         torch.testing.assert_close(got.cpu().float(), want.float(), rtol=3e-2, atol=3e-2, msg=lambda m: f"{case}: {m}")
         assert torch.equal(dpools[0].cpu(), pools[0]), case  # conv state: data movement, bit-exact
         torch.testing.assert_close(dpools[1].cpu(), pools[1], rtol=2e-2, atol=2e-2, msg=lambda m: f"{case} ssm: {m}")
@@ -84,3 +85,36 @@ def test_core_cuda_odd_sizes(decode_config):
                          timeout=900)
     assert res.returncode == 0 and "core ok" in res.stdout, res.stderr[-3000:]
     print(res.stdout)
+
+
+@pytest.mark.gpu
+def test_mixed_step_does_not_sync():
+    """A step of decodes, a verification and fresh and continued prefills, with the step's plan: the core op
+    reads nothing back from the device (on the fla path; the reference chunk op reads lengths)."""
+    import torch
+
+    from gdn_fx import Request, build_metadata, ops
+    from gdn_fx.ops.delta_rule import fla
+
+    NK, NV, DK, DV, W = 2, 4, 128, 128, 4
+    D = 2 * NK * DK + NV * DV
+    reqs = [Request(1, [0, 1], num_computed_tokens=7), Request(2, [2, 3], num_computed_tokens=5, num_draft_tokens=1),
+            Request(100, 4, num_computed_tokens=64), Request(33, 5)]
+    meta = build_metadata(reqs, num_slots=8, num_spec=1, pad_to=140, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x, ba = rnd(140, D).bfloat16(), rnd(140, 2 * NV).bfloat16()
+    w, A_log, dt = (0.5 * rnd(D, W)).bfloat16(), rnd(NV), rnd(NV)
+    conv, ssm = rnd(8, D, W).bfloat16(), 0.1 * rnd(8, NV, DK, DV)
+    if not fla.serves(x.view(140, -1, DK), x.view(140, -1, DV), ssm):
+        pytest.skip("the fla path is not installed (the reference chunk op reads lengths from the device)")
+    out = torch.empty(140, NV, DV, device="cuda", dtype=torch.bfloat16)
+    args = (x, ba[:, NV:], ba[:, :NV], w, None, A_log, dt, conv, ssm, out, meta)
+    ops.gdn_core(*args, num_k_heads=NK, head_k_dim=DK)  # JIT and autotune outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ops.gdn_core(*args, num_k_heads=NK, head_k_dim=DK)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(out.float()).all() and out[138:].eq(0).all()

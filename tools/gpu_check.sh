@@ -3,6 +3,7 @@
 #   device.run: bash tools/gpu_check.sh [tests|bench|all]   (carry .whl for wheels the image lacks)
 #   TESTS="tests/test_a.py ..." and BENCHES="bench/bench_a.py ..." narrow a run;
 #   TESTS_S / FLA_TESTS_S / BENCH_S cap each pytest run or benchmark in seconds, so a hang still leaves its log in $OUT
+#   XDIST=N runs the test files over N pytest-xdist workers (default 8; 0 for none)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gdn_fx_out}
@@ -38,8 +39,10 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   # test (the CPU suite runs the rest; Inductor's cuda compiles make a full cuda run too long)
   runs=("${TESTS:-tests/test_layers.py tests/test_ops.py tests/test_registry.py}")
   [ -z "${TESTS:-}" ] && runs+=("-m gpu tests")
+  xdist=""
+  [ "${XDIST:-8}" != 0 ] && python3 -c "import xdist" 2>/dev/null && xdist="-n ${XDIST:-8}"
   for r in "${runs[@]}"; do
-    GDN_FX_TEST_DEVICE=cuda timeout ${TESTS_S:-3000} python3 -m pytest $r -q -rfE --durations=8 -p no:cacheprovider \
+    GDN_FX_TEST_DEVICE=cuda timeout ${TESTS_S:-3000} python3 -m pytest $r $xdist -q -rfE --durations=8 -p no:cacheprovider \
       "${@:2}" 2>&1 | tee -a "$OUT/tests.log"
     status=$((status | ${PIPESTATUS[0]}))
   done

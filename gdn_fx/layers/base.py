@@ -122,7 +122,11 @@ class GatedDeltaNet(nn.Module):
         """hidden_states: [T, hidden] packed as ``meta`` says -> [T, hidden] (a partial sum when tp_size > 1).
 
         conv_state: [S, conv_dim, W-1+num_spec] and ssm_state: [S, NV, DK, DV] are updated in place.
+        Raises ValueError before any kernel runs when hidden_states or the pools do not fit the layer
+        or the metadata (shapes only: under torch.compile these checks cost nothing at run time).
         """
+        self._check_serving_inputs(hidden_states, conv_state, meta)
+        meta.check_pools(conv_state, ssm_state, conv_width=self.conv_kernel_size)
         self.check_no_grad(hidden_states)
         mixed_qkv, z, b, a = self.project(hidden_states)
         core_attn_out = torch.empty(
@@ -136,6 +140,19 @@ class GatedDeltaNet(nn.Module):
         o = self.norm(core_attn_out, z)
         o = rearrange(o, "t h d -> t (h d)")
         return self.out_proj(o)
+
+    def _check_serving_inputs(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, meta: GDNMetadata) -> None:
+        T = meta.state_indices.shape[0]
+        dtype = self.conv_weight.dtype
+        if hidden_states.dim() != 2 or hidden_states.shape[0] != T or hidden_states.shape[1] != self.hidden_size:
+            raise ValueError(f"hidden_states must have shape [T={T}, hidden_size={self.hidden_size}] (T from the "
+                             f"metadata), got {list(hidden_states.shape)}")
+        if hidden_states.dtype != dtype:
+            raise ValueError(f"hidden_states must have the layer's dtype {dtype}, got {hidden_states.dtype}")
+        if hidden_states.device != self.conv_weight.device:
+            raise ValueError(f"hidden_states is on {hidden_states.device} but the layer is on {self.conv_weight.device}")
+        if conv_state.dtype not in (dtype, torch.float32):
+            raise ValueError(f"conv_state must have the layer's dtype {dtype} or float32, got {conv_state.dtype}")
 
     def check_no_grad(self, hidden_states: torch.Tensor) -> None:
         """Raises RuntimeError when autograd is recording and the input or a parameter upstream of the

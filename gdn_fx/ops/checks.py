@@ -7,6 +7,8 @@ sync, so there the metadata builder (``gdn_fx.metadata``) validates the values
 on the host before it copies them over.
 """
 
+import os
+
 import torch
 
 NULL_SLOT = -1
@@ -76,14 +78,24 @@ def slots(name: str, idx: torch.Tensor, num_slots: int) -> None:
         )
 
 
-def counts(name: str, c: torch.Tensor) -> list[int] | None:
-    """The CPU count vector of the core op: (num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens).
-    Returns the values, or None while tracing (fake tensors have none)."""
-    if c.device.type != "cpu" or c.shape != (4,) or c.dtype != torch.int64:
-        fail(f"{name} must be a CPU int64 tensor of shape [4], got {c.dtype} {list(c.shape)} on {c.device}")
-    if not host_values(c):
+def plan(name: str, p: torch.Tensor) -> list[int] | None:
+    """The core op's CPU int64 plan (``gdn_fx.ops.plan``). Returns its values, or None while tracing
+    (fake tensors have none)."""
+    from gdn_fx.ops.plan import PLAN_FIELDS
+
+    if p.device.type != "cpu" or p.shape != (len(PLAN_FIELDS),) or p.dtype != torch.int64:
+        fail(f"{name} must be a CPU int64 tensor of shape [{len(PLAN_FIELDS)}] {PLAN_FIELDS}, "
+             f"got {p.dtype} {list(p.shape)} on {p.device}")
+    if not host_values(p):
         return None
-    v = c.tolist()
+    v = p.tolist()
     if any(x < 0 for x in v):
-        fail(f"{name} must be non-negative, got {v}")
+        fail(f"{name} must be non-negative, got {dict(zip(PLAN_FIELDS, v))}")
     return v
+
+
+def check_values() -> bool:
+    """GDN_FX_CHECK_VALUES=1: the core op checks the values of its per-token metadata on every call,
+    copying device tensors to the host (a device sync per call: for debugging). By default those
+    values are checked once per step, on the host, by ``build_metadata``."""
+    return os.environ.get("GDN_FX_CHECK_VALUES") == "1"

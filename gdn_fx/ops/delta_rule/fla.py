@@ -8,10 +8,19 @@ through ``tools/gpu_check.sh``: the chunk op against the fp64 oracle in bf16
 It serves half-precision activations only (``serves``).
 
 fla takes dense initial states and returns dense final states, so the pooled states are gathered
-by slot before and scattered after (``pool_io.py``, one launch each). fla sizes its grids from
-the sequence lengths on the host: the core op passes the metadata's CPU copy of them, so the
-wrapper reads nothing back from the device; the standalone chunk op has no such copy and reads
-the lengths (one sync per call). The decode path never comes here.
+by slot before and scattered after (``pool_io.py``, one launch each). fla sizes its grids from the
+chunk layout on the host.
+
+Two entries:
+- ``chunk_prefill_planned`` (the core op's prefill): the chunk layout comes from the step's plan
+  (``gdn_fx.ops.plan``, computed once per step by ``build_metadata``), so nothing is read back
+  from the device and nothing is recomputed per layer. It calls fla's forward building blocks
+  (intra-chunk WY representation, state pass, output) below its autograd ``Function`` and input
+  guards, with gating done by one launch of ours (``chunk_gating.py``): that is why fla-core is
+  pinned to tested versions. ``fla_forward`` is the one function that touches fla's internals.
+- ``chunk_prefill`` (the standalone ``gdn_fx::chunk_gated_delta_rule`` op): fla's public
+  ``chunk_gated_delta_rule``; this op has no plan, so it reads the lengths (one sync per call).
+The decode path never comes here.
 
 Shapes: q, k: [T, NK, DK]; v: [T, NV, DV]; g, beta: [T, NV]; ssm_state: [S, NV, DK, DV] fp32 [K, V];
 query_start_loc: [N+1]; state_indices, has_initial_state: [N]. Returns o: [T, NV, DV].
@@ -25,6 +34,7 @@ import os
 import torch
 
 from gdn_fx.ops.checks import NULL_SLOT
+from gdn_fx.ops.plan import CHUNK
 from gdn_fx.ops.delta_rule.reference import chunk_gated_delta_rule_reference
 
 TESTED_VERSIONS: tuple[str, ...] = ("0.6.0",)  # versions tools/gpu_check.sh passed with
@@ -105,6 +115,47 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
         torch.where(null_row, o.new_zeros(()), o[0], out=out[lo:hi])
     pool_io.scatter_states(ht, ssm_state, slots)
     return out
+
+
+def fla_forward(q, k, v, g_cumsum, beta, scale, initial_state, cu_seqlens, chunk_offsets, chunk_indices):
+    """fla's chunked gated delta rule forward, from gates already cumsummed per chunk (base 2, see
+    ``chunk_gating.py``): q, k: [T, NK, DK] (L2-normalised), v: [T, NV, DV]; g_cumsum, beta: [T, NV] fp32;
+    initial_state: [N, NV, DK, DV] fp32; the chunk layout of ``gdn_fx.ops.plan``.
+    -> (o: [T, NV, DV], final_state: [N, NV, DK, DV] fp32). The same calls as fla-core 0.6.0's
+    ``chunk_gated_delta_rule_fwd`` after its gate cumsum, with the chunk offsets passed in."""
+    from fla.ops.common.chunk_delta_h import chunk_gated_delta_rule_fwd_h
+    from fla.ops.common.chunk_o import chunk_fwd_o
+    from fla.ops.gated_delta_rule.chunk_fwd import chunk_gated_delta_rule_fwd_intra
+
+    q, k, v, g, beta = (t.unsqueeze(0) for t in (q, k, v, g_cumsum, beta))
+    varlen = {"cu_seqlens": cu_seqlens, "chunk_indices": chunk_indices, "chunk_size": CHUNK}
+    w, u, _ = chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g, beta=beta, **varlen)
+    h, v_new, final_state = chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g, initial_state=initial_state,
+                                                         output_final_state=True, chunk_offsets=chunk_offsets,
+                                                         **varlen)
+    o = chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g, scale=scale, **varlen)
+    return o[0], final_state
+
+
+def chunk_prefill_planned(q, k, v, a, b, A_log, dt_bias, ssm_state, state_indices, has_initial_state, cu_seqlens,
+                          chunk_offsets, chunk_indices, scale, allow_neg_eigval, out) -> None:
+    """The core op's chunked prefill over the pooled state, sized by the step's plan, no host read.
+
+    q, k: [T, NK, DK] L2-normalised (rows of NULL_SLOT sequences zero, as the core op's conv writes
+    them, so their output is zero too); v: [T, NV, DV]; a, b: [T, NV] raw gate inputs (any strides);
+    state_indices, has_initial_state: [N] (any stride); the chunk layout of ``gdn_fx.ops.plan``
+    (relative to row 0 of q); out: [T, NV, DV] receives the output. Launches: gating, state gather,
+    fla's forward (see ``fla_forward``), the output copy, state scatter (empty and NULL_SLOT
+    sequences keep their slots as they are).
+    """
+    from gdn_fx.ops.delta_rule import pool_io
+    from gdn_fx.ops.delta_rule.chunk_gating import chunk_gating
+
+    g, beta = chunk_gating(a, b, A_log, dt_bias, cu_seqlens, chunk_indices, allow_neg_eigval)
+    h0 = pool_io.gather_states(ssm_state, state_indices, has_initial_state)
+    o, final_state = fla_forward(q, k, v, g, beta, scale, h0, cu_seqlens, chunk_offsets, chunk_indices)
+    out.copy_(o)
+    pool_io.scatter_states(final_state, ssm_state, state_indices, cu_seqlens)
 
 
 def chunk_gated_delta_rule_fla(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale,

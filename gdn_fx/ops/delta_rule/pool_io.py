@@ -6,7 +6,8 @@ takes five launches, and a scatter that skips NULL rows needs the live rows on t
 boolean index is a device sync), so on cuda each direction is one Triton launch; elsewhere
 (the CPU tests' stand-in for fla) plain indexing does the same.
 
-Shapes: pool: [S, NV, DK, DV]; states: [N, NV, DK, DV] fp32; slots: [N] int; init: [N] bool.
+Shapes: pool: [S, NV, DK, DV]; states: [N, NV, DK, DV] fp32; slots: [N] int (any stride); init: [N] bool;
+cu_seqlens (optional): [N+1], the sequences' bounds: an empty sequence keeps its slot's state as it is.
 """
 
 import torch
@@ -19,9 +20,9 @@ BLOCK = 2048
 
 
 @triton.jit
-def _gather_kernel(pool, dst, slots, init, n, BLOCK: tl.constexpr):
+def _gather_kernel(pool, dst, slots, slot_stride, init, n, BLOCK: tl.constexpr):
     i, j = tl.program_id(0), tl.program_id(1)
-    slot = tl.load(slots + i).to(tl.int64)
+    slot = tl.load(slots + i * slot_stride).to(tl.int64)
     offs = j * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     keep = (slot >= 0) & (tl.load(init + i) != 0)  # NULL_SLOT (-1) or a fresh sequence: zeros
@@ -30,9 +31,11 @@ def _gather_kernel(pool, dst, slots, init, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _scatter_kernel(src, pool, slots, n, BLOCK: tl.constexpr):
+def _scatter_kernel(src, pool, slots, slot_stride, cu_seqlens, n, BLOCK: tl.constexpr, HAS_CU: tl.constexpr):
     i, j = tl.program_id(0), tl.program_id(1)
-    slot = tl.load(slots + i).to(tl.int64)
+    slot = tl.load(slots + i * slot_stride).to(tl.int64)
+    if HAS_CU:  # an empty sequence keeps its state
+        slot = tl.where(tl.load(cu_seqlens + i + 1) > tl.load(cu_seqlens + i), slot, -1)
     if slot >= 0:  # NULL_SLOT (-1): padding, no state
         offs = j * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
@@ -48,24 +51,31 @@ def gather_states(pool: torch.Tensor, slots: torch.Tensor, init: torch.Tensor) -
     return gather_states_triton(pool, slots, init)
 
 
-def scatter_states(states: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor) -> None:
-    """``pool[slots[i]] = states[i]`` for every i whose slot is not NULL_SLOT."""
+def scatter_states(states: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
+                   cu_seqlens: torch.Tensor | None = None) -> None:
+    """``pool[slots[i]] = states[i]`` for every i whose slot is not NULL_SLOT (and, with ``cu_seqlens``,
+    whose sequence is not empty)."""
     if not pool.is_cuda:
         live = slots != NULL_SLOT
+        if cu_seqlens is not None:
+            live &= cu_seqlens[1:] > cu_seqlens[:-1]
         pool[slots[live].long()] = states[live].to(pool.dtype)
         return
-    scatter_states_triton(states, pool, slots)
+    scatter_states_triton(states, pool, slots, cu_seqlens)
 
 
 def gather_states_triton(pool: torch.Tensor, slots: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
     N, n = slots.shape[0], pool[0].numel()
     out = torch.empty(N, *pool.shape[1:], dtype=torch.float32, device=pool.device)
     if N:
-        _gather_kernel[(N, triton.cdiv(n, BLOCK))](pool, out, slots, init, n, BLOCK=BLOCK, num_warps=4)
+        _gather_kernel[(N, triton.cdiv(n, BLOCK))](pool, out, slots, slots.stride(0), init, n, BLOCK=BLOCK,
+                                                   num_warps=4)
     return out
 
 
-def scatter_states_triton(states: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor) -> None:
+def scatter_states_triton(states: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
+                          cu_seqlens: torch.Tensor | None = None) -> None:
     N, n = states.shape[0], states[0].numel()
     if N:
-        _scatter_kernel[(N, triton.cdiv(n, BLOCK))](states.contiguous(), pool, slots, n, BLOCK=BLOCK, num_warps=4)
+        _scatter_kernel[(N, triton.cdiv(n, BLOCK))](states.contiguous(), pool, slots, slots.stride(0), cu_seqlens, n,
+                                                    BLOCK=BLOCK, HAS_CU=cu_seqlens is not None, num_warps=4)

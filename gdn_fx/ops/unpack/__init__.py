@@ -15,6 +15,8 @@ Backends: the reference (a single pass per output) everywhere, one Triton launch
 for all outputs on cuda.
 """
 
+import functools
+
 import torch
 
 from gdn_fx.ops import checks, registry
@@ -31,13 +33,21 @@ def _validate(sources, segments, widths):
         if s.dtype != sources[0].dtype:
             checks.fail(f"sources[{i}] has dtype {s.dtype} but sources[0] has {sources[0].dtype}")
         checks.same_device("sources[0]", sources[0], **{f"sources[{i}]": s})
+    source_widths = tuple(s.shape[1] for s in sources)
+    check = _validate_layout if all(type(w) is int for w in source_widths) else _validate_layout.__wrapped__
+    check(tuple(segments), tuple(widths), source_widths)  # (symbolic widths while tracing: not cached)
+
+
+@functools.lru_cache(maxsize=256)
+def _validate_layout(segments: tuple[int, ...], widths: tuple[int, ...], source_widths: tuple[int, ...]) -> None:
+    """The layout checks, once per layout (a compiled graph calls the op with the same one every time)."""
     if len(segments) % 3:
         checks.fail(f"segments must hold (source, start, length) triples, got {len(segments)} values")
     triples = [segments[i : i + 3] for i in range(0, len(segments), 3)]
     for src, start, n in triples:
-        if not 0 <= src < len(sources) or n < 1 or start < 0 or start + n > sources[src].shape[1]:
+        if not 0 <= src < len(source_widths) or n < 1 or start < 0 or start + n > source_widths[src]:
             checks.fail(f"segment (source={src}, start={start}, length={n}) is outside the sources "
-                        f"(widths {[s.shape[1] for s in sources]})")
+                        f"(widths {list(source_widths)})")
     if any(w < 1 for w in widths) or sum(n for _, _, n in triples) != sum(widths):
         checks.fail(f"widths {list(widths)} must be positive and sum to the segments' total length "
                     f"{sum(n for _, _, n in triples)}")
