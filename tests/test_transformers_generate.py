@@ -184,6 +184,8 @@ def test_patch_rejects_unsupported_models(hf_model):
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64))
     with pytest.raises(ValueError, match="LlamaForCausalLM has no GDN module"):
         patch_model(llama)
+    with pytest.raises(ValueError, match="already patched"):
+        patch_model(_patched(hf_model))
     meta = copy.deepcopy(hf_model).to("meta")
     with pytest.raises(ValueError, match="meta device"):
         patch_model(meta)

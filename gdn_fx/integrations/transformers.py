@@ -186,8 +186,10 @@ def _cache_layer(cache, layer_idx: int):
 
 
 def gdn_modules(model: nn.Module) -> list[tuple[str, str]]:
-    """(qualified name, gdn_fx family) of every transformers GDN module in ``model``."""
-    return [(name, FAMILIES[type(m).__name__]) for name, m in model.named_modules() if type(m).__name__ in FAMILIES]
+    """(qualified name, gdn_fx family) of every transformers GDN module in ``model`` (by class name, so a
+    checkpoint's remote-code copy counts too; gdn_fx's own layers, named alike, do not)."""
+    return [(name, FAMILIES[type(m).__name__]) for name, m in model.named_modules()
+            if type(m).__name__ in FAMILIES and not type(m).__module__.startswith("gdn_fx.")]
 
 
 def patch_model(model: nn.Module, *, backend: str | Callable | None = None, compile_options: dict | None = None):
@@ -206,6 +208,8 @@ def patch_model(model: nn.Module, *, backend: str | Callable | None = None, comp
     configuration the layers do not support (activation other than SiLU, a conv bias, ...).
     """
     found = gdn_modules(model)
+    if not found and any(isinstance(m, TransformersGatedDeltaNet) for m in model.modules()):
+        raise ValueError(f"patch_model: {type(model).__name__} is already patched")
     if not found:
         known = ", ".join(sorted(FAMILIES))
         raise ValueError(f"patch_model: {type(model).__name__} has no GDN module of a supported family ({known})")
