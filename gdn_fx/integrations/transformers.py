@@ -114,7 +114,7 @@ class TransformersGatedDeltaNet(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None,
                 **kwargs) -> torch.Tensor:
-        cache = kwargs.pop("cache_params", None) if cache is None else cache  # the name before transformers 5.x
+        cache = kwargs.pop("cache_params", None) if cache is None else cache  # its name in earlier transformers 5 releases (5.17)
         if kwargs.get("cu_seq_lens_q") is not None or kwargs.get("seq_idx") is not None:
             raise ValueError("packed sequences (cu_seq_lens_q / seq_idx) are not supported by the gdn_fx GDN layers: "
                              "pass a padded batch with an attention_mask")
