@@ -45,8 +45,16 @@ COLUMNS = {
               ("kernels (GEMM + other)", _f("{gemm_kernels} + {other_kernels}")), ("time (us)", _f("{us:.1f}")),
               ("x floor", _f("{x_floor:.2f}")), ("floor (us)", _f("{floor_us:.1f}")),
               ("GPU: GEMM / other (us)", _f("{gemm_gpu_us:.1f} / {other_gpu_us:.1f}"))],
-    "numerics": [("pair", _f("{pair}")), ("prefill", _f("{prefill:.2e}")), ("decode mean", _f("{decode_mean:.2e}")),
-                 ("decode max", _f("{decode_max:.2e}"))],
+    "numerics": [("family", _f("{family}")), ("pair", _f("{pair}")), ("prefill", _f("{prefill:.2e}")),
+                 ("decode mean", _f("{decode_mean:.2e}")), ("decode max", _f("{decode_max:.2e}"))],
+    "agreement": [("family", _f("{family}")), ("steps", _f("{steps}")),
+                  ("gdn_fx vs eager bf16", _f("{gdn_fx_vs_eager_bf16:.3f}")),
+                  ("eager bf16 vs fp64", _f("{eager_bf16_vs_fp64:.3f}")), ("gdn_fx vs fp64", _f("{gdn_fx_vs_fp64:.3f}")),
+                  ("transformers bf16 vs fp64", _f("{hf_bf16_vs_fp64:.3f}")),
+                  ("free-run steps equal", _f("{free_run_match_steps}"))],
+    "generate": [("path", _f("{path}")), ("B", _f("{batch}")), ("fla", _f("{fla}")),
+                 ("generate tokens/s", _f("{tokens_per_s:.0f}")), ("decode tokens/s", _f("{decode_tokens_per_s:.0f}")),
+                 ("prefill (ms)", _f("{prefill_ms:.1f}")), ("ms per decode step", _f("{ms_per_step:.2f}"))],
 }
 
 
@@ -55,7 +63,9 @@ def kind(d: dict) -> str | None:
     if d.get("bench") in COLUMNS:
         return d["bench"]
     if not rows:
-        return "numerics" if "report" in d else None
+        return "numerics" if "report" in d else None  # the single-family JSON of earlier runs
+    if d.get("bench") in ("numerics", "generate"):
+        return d["bench"]
     return plot_kind(d) or ("prefill" if "ms" in rows[0] else None)
 
 
@@ -76,11 +86,21 @@ def render(d: dict) -> str | None:
     if "one_kernel_replay_us" in d:
         head += f"; one-kernel graph replay {d['one_kernel_replay_us']:.1f} us"
     if k == "numerics":
-        rows = [{"pair": pair, **v} for pair, v in d["report"].items()]
-        head = f"{d['layers']} layers, {d['prefill']}-token prefill, {d['decode_steps']} decodes, torch {d['torch']}"
+        head = (f"{d['layers']} layers, {d['prefill']}-token prefill, {d['decode_steps']} decodes, hidden "
+                f"{d['hidden']}, bf16 on {d['device']}, torch {d['torch']}")
+        rows = d.get("rows") or [{"family": "qwen3_next", "pair": pair, **v} for pair, v in d["report"].items()]
+    elif k == "generate":
+        head += f"; transformers {d['transformers']}; fla {d['fla'] or 'not installed'}; " + d["model"]
+        rows = d["rows"]
     else:
         rows = d["rows"]
     parts = [head, table(rows, COLUMNS[k])]
+    if k == "numerics" and d.get("agreement"):
+        parts += ["Greedy-decode top-1 agreement (teacher-forced on the fp64 model's tokens):",
+                  table(d["agreement"], COLUMNS["agreement"])]
+    if k == "numerics" and isinstance(d.get("criterion_met"), dict):
+        parts.append("Criterion (compiled vs eager no worse than eager vs fp64): "
+                     + ", ".join(f"{f} {'met' if ok else 'NOT met'}" for f, ok in d["criterion_met"].items()))
     if k == "decode" and d.get("sweep") and "variant" in d["sweep"][0]:
         parts += ["Block sweep:", table(d["sweep"], COLUMNS["sweep"])]
     if d.get("note"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-BENCHES = ("unpack", "norm_gate", "decode", "prefill", "layer", "numerics")
+BENCHES = ("unpack", "norm_gate", "decode", "prefill", "layer", "numerics", "generate")
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout, when run from one
 
 
@@ -81,33 +81,81 @@ def bench(out: str, only: list[str], plot_only: bool) -> int:
     return status
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gdn_fx", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    demo = sub.add_parser("demo", help="a small GDN layer on mixed serving batches, eager vs compiled")
-    demo.add_argument("--variant", default="qwen3_next", choices=["qwen3_next", "qwen3_5", "olmo_hybrid"])
-    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    demo.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    demo.add_argument("--backend", default="gdn_fx", help="torch.compile backend (gdn_fx, inductor, ...)")
-    rep = sub.add_parser("report", help="per layer: matched patterns and Inductor kernels with the passes off and on")
-    rep.add_argument("--variant", nargs="*", default=["qwen3_next", "qwen3_5", "olmo_hybrid"])
-    rep.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    rep.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    dmp = sub.add_parser("dump", help="depyf dumps of one layer: graphs before/after each pass, generated kernels")
-    dmp.add_argument("--variant", default="qwen3_next", choices=["qwen3_next", "qwen3_5", "olmo_hybrid"])
-    dmp.add_argument("--out", default="dumps/qwen3_next")
-    dmp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    dmp.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    ben = sub.add_parser("bench", help="run the benchmarks (source checkout, CUDA) and plot bench.png from their JSONs")
+def _device_error(device: str) -> str | None:
+    """Why ``device`` cannot run here (one line), or None."""
+    try:
+        d = torch.device(device)
+    except RuntimeError as e:
+        return f"--device {device!r}: {e}"
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {device}: no CUDA device here (torch {torch.__version__}); use --device cpu"
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            return f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"
+    elif d.type != "cpu":
+        return f"--device {device}: only cpu and cuda are supported"
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    from gdn_fx import __version__
+    from gdn_fx.layers import LAYERS
+
+    variants = sorted(LAYERS)  # every registered layer family
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m gdn_fx", description=__doc__, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"gdn_fx {__version__} (torch {torch.__version__})")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{demo,report,dump,bench}")
+
+    def common(p):
+        p.add_argument("--device", default=default_device, help="cpu or cuda (cuda when a CUDA device is present)")
+        p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="parameter and activation dtype")
+        return p
+
+    demo = common(sub.add_parser(
+        "demo", formatter_class=fmt, help="a small GDN layer on mixed serving batches, eager vs compiled",
+        description="Runs a small random-weight GDN layer of one family over three serving steps (prefills, "
+                    "decodes, a chunked-prefill continuation) eagerly and under torch.compile, prints the largest "
+                    "difference per step and the graphs compiled, then (backend gdn_fx) the fusion report. "
+                    "Exit status 1 when compiled and eager differ beyond the dtype's tolerance."))
+    demo.add_argument("--variant", default="qwen3_next", choices=variants, help="layer family")
+    demo.add_argument("--backend", default="gdn_fx", help="torch.compile backend (gdn_fx, inductor, eager, ...)")
+    rep = common(sub.add_parser(
+        "report", formatter_class=fmt, help="per layer: matched patterns and Inductor kernels with the passes off and on",
+        description="Compiles each layer's forward_serving twice, with gdn_fx's passes off and on, over a prefill + "
+                    "decode mix, and prints per layer what each pass matched, the Inductor kernels generated either "
+                    "way, and the post-grad ops the passes removed and added."))
+    rep.add_argument("--variant", nargs="+", default=variants, choices=variants, help="layer families")
+    dmp = common(sub.add_parser(
+        "dump", formatter_class=fmt, help="depyf dumps of one layer: graphs before/after each pass, generated kernels",
+        description="Compiles one layer's forward_serving with the gdn_fx backend and writes depyf's dumps (Dynamo "
+                    "bytecode, graphs, Inductor's kernels) and the post-grad graph before gdn_fx's passes and after "
+                    "each one (gdn_fx_<n>_<stage>.txt, with shapes and dtypes), into a folder of its own per variant."))
+    dmp.add_argument("--variant", default="qwen3_next", choices=variants, help="layer family")
+    dmp.add_argument("--out", default=argparse.SUPPRESS, help="output folder, one variant per folder (default: dumps/<variant>)")
+    ben = sub.add_parser(
+        "bench", formatter_class=fmt, help="run the benchmarks (source checkout, CUDA) and plot bench.png from their JSONs",
+        description="Runs bench/bench_<name>.py --out OUT for each benchmark (a source checkout with a CUDA device), "
+                    "prints their tables and renders OUT/bench.png from the JSONs in OUT.")
     ben.add_argument("--out", default="bench/results", help="folder of the JSONs and bench.png")
-    ben.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
+    ben.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of the benchmarks")
     ben.add_argument("--plot-only", action="store_true", help="only print the tables and render the JSONs in --out")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    prog = f"python -m gdn_fx {args.cmd}"
     if args.cmd == "bench":
         only = [b for b in args.only.split(",") if b]
         if bad := sorted(set(only) - set(BENCHES)):
             parser.error(f"--only: unknown benchmark(s) {', '.join(bad)} (choose from {', '.join(BENCHES)})")
         return bench(args.out, only, args.plot_only)
+    if err := _device_error(args.device):
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
     if args.cmd == "report":
         from gdn_fx.report import report
 
@@ -116,7 +164,12 @@ def main(argv=None) -> int:
     if args.cmd == "dump":
         from gdn_fx.dump import dump
 
-        for path in dump(args.variant, args.out, args.device, DTYPES[args.dtype]):
+        try:
+            paths = dump(args.variant, getattr(args, "out", None) or os.path.join("dumps", args.variant), args.device, DTYPES[args.dtype])
+        except ValueError as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            return 2
+        for path in paths:
             print(path)
         return 0
     if args.cmd == "demo":

@@ -1,6 +1,8 @@
 """Graph dumps of one compiled layer: depyf's (Dynamo bytecode, graphs, generated kernels) plus the
-post-grad graph before and after each gdn_fx pass."""
+post-grad graph before and after each gdn_fx pass, printed with every node's shape, dtype and device
+and the source line it came from."""
 
+import json
 import os
 import warnings
 
@@ -8,22 +10,66 @@ import torch
 
 from gdn_fx.backend import GdnFxBackend
 from gdn_fx.metadata import Request, build_metadata
+from gdn_fx.passes import DEFAULT_PASSES, PASSES
+
+MARKER = "gdn_fx_dump.json"  # which variant a dump folder holds
+
+
+def pass_status(device: str) -> dict[str, str]:
+    """pass name -> "on", or why it does not fire on ``device`` (a pass with a ``devices`` list)."""
+    status = {}
+    for name in DEFAULT_PASSES:
+        devices = getattr(PASSES[name](), "devices", None)
+        if devices is None or torch.device(device).type in devices:
+            status[name] = "on"
+        else:
+            where = ", ".join(devices) or "no device here"
+            status[name] = (f"off for {torch.device(device).type} (fires on: {where}; "
+                            f"{PASSES[name].__name__}(devices=(..., '{torch.device(device).type}')) turns it on)")
+    return status
+
+
+def _claim(out_dir: str, variant: str) -> None:
+    """Refuses a folder holding another variant's dump, or files that are not a gdn_fx dump."""
+    marker = os.path.join(out_dir, MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            held = json.load(f).get("variant")
+        if held != variant:
+            raise ValueError(f"{out_dir} holds the dump of {held!r}, not {variant!r}: choose another --out "
+                             f"(default: dumps/{variant})")
+    elif os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir} is not empty and is no gdn_fx dump folder ({MARKER} missing): choose an empty "
+                         "or new --out")
+    os.makedirs(out_dir, exist_ok=True)
+    for f in os.listdir(out_dir):  # an earlier dump of the same variant: its stage files go
+        if f.startswith("gdn_fx_") and f.endswith(".txt"):
+            os.remove(os.path.join(out_dir, f))
 
 
 def dump(variant: str, out_dir: str, device="cpu", dtype=torch.float32) -> list[str]:
-    """Compiles ``variant``'s forward_serving with the gdn_fx backend into ``out_dir``; -> files written."""
+    """Compiles ``variant``'s forward_serving with the gdn_fx backend into ``out_dir``; -> files written.
+    Raises ValueError when ``out_dir`` holds another variant's dump (one variant per folder)."""
     import depyf
 
     from gdn_fx.demo import random_layer
 
-    os.makedirs(out_dir, exist_ok=True)
+    _claim(out_dir, variant)
+    with open(os.path.join(out_dir, MARKER), "w") as f:
+        json.dump({"variant": variant, "device": str(device), "dtype": str(dtype)}, f)
     layer = random_layer(variant, device, dtype)
+    status = pass_status(device)
     graphs = []
 
     def snapshot(stage, graph):
+        name = stage.removeprefix("after_")
+        note = f"# pass {name}: {status[name]}\n" if stage.startswith("after_") and status.get(name, "on") != "on" else ""
+        passes = ", ".join(f"{k} {'on' if v == 'on' else 'off'}" for k, v in status.items())
         path = os.path.join(out_dir, f"gdn_fx_{len(graphs)}_{stage}.txt")
         with open(path, "w") as f:
-            f.write(str(graph))
+            f.write(f"# {variant} forward_serving on {device}, {dtype}: post-grad graph, {stage.replace('_', ' ')} "
+                    f"(gdn_fx passes: {passes})\n{note}")
+            f.write(graph.python_code("self", verbose=True, include_device=True).src)
         graphs.append(path)
 
     torch._dynamo.reset()

@@ -28,8 +28,9 @@ class GatedDeltaNet(nn.Module):
     Parameters: conv_weight: [conv_dim, W] (transformers stores [conv_dim, 1, W]);
     A_log, dt_bias: [NV]; norm.weight: [DV]; out_proj.weight: [hidden, value_dim].
 
-    Inference only: ``gdn_fx::gdn_core`` has no autograd formula, so no gradient reaches the
-    input projections, conv or gating parameters.
+    Inference only: ``gdn_fx::gdn_core`` has no autograd formula. Rather than leave the input
+    projections, conv and gating parameters silently without gradients, ``forward_serving`` raises
+    when autograd would record through the core op (see ``check_no_grad``).
     """
 
     # transformers names of the output norm and projection (OLMo-Hybrid differs)
@@ -126,6 +127,7 @@ class GatedDeltaNet(nn.Module):
         """
         self._check_serving_inputs(hidden_states, conv_state, meta)
         meta.check_pools(conv_state, ssm_state, conv_width=self.conv_kernel_size)
+        self.check_no_grad(hidden_states)
         mixed_qkv, z, b, a = self.project(hidden_states)
         core_attn_out = torch.empty(
             hidden_states.shape[0], self.num_v_heads, self.head_v_dim, dtype=mixed_qkv.dtype, device=mixed_qkv.device
@@ -151,6 +153,42 @@ class GatedDeltaNet(nn.Module):
             raise ValueError(f"hidden_states is on {hidden_states.device} but the layer is on {self.conv_weight.device}")
         if conv_state.dtype not in (dtype, torch.float32):
             raise ValueError(f"conv_state must have the layer's dtype {dtype} or float32, got {conv_state.dtype}")
+
+    def check_no_grad(self, hidden_states: torch.Tensor) -> None:
+        """Raises RuntimeError when autograd is recording and the input or a parameter upstream of the
+        core op requires grad: ``gdn_fx::gdn_core`` has no backward, so those would get no gradient
+        while out_proj and norm would (silently partial). Free when grad mode is off (no_grad,
+        inference_mode); under torch.compile the condition is decided while tracing and guarded."""
+        if not torch.is_grad_enabled():
+            return
+        names = [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith(("norm.", "out_proj."))]
+        if hidden_states.requires_grad:
+            names.append("hidden_states")
+        if names:
+            raise RuntimeError(
+                f"{type(self).__name__} is inference-only: gdn_fx::gdn_core has no backward, so {names} would get "
+                "no gradient. Run under torch.no_grad() or torch.inference_mode(), or call "
+                "layer.requires_grad_(False) with inputs that do not require grad."
+            )
+
+    def compile_serving(self, **compile_kwargs):
+        """-> ``step(hidden_states, conv_state, ssm_state, meta)``: ``forward_serving`` under
+        ``torch.compile(fullgraph=True, dynamic=True, **compile_kwargs)`` that first marks the pools
+        static, whoever allocated them (``allocate_state`` marks its own). An unmarked pool gets symbolic
+        sizes under dynamic=True, and duck sizing ties a pool size to the token count when they happen
+        to be equal, so a later token count recompiles. Marking costs ~50 us, so it is done once per
+        pool tensor (a new tensor, e.g. after a cache reorder, is marked on its first step)."""
+        compiled = torch.compile(self.forward_serving, **{"fullgraph": True, "dynamic": True, **compile_kwargs})
+        marked: list[torch.Tensor] = []  # the pools of the last step: the common case is the same pair again
+
+        def step(hidden_states, conv_state, ssm_state, meta):
+            if len(marked) != 2 or marked[0] is not conv_state or marked[1] is not ssm_state:
+                for pool in (conv_state, ssm_state):
+                    torch._dynamo.mark_static(pool)
+                marked[:] = [conv_state, ssm_state]
+            return compiled(hidden_states, conv_state, ssm_state, meta)
+
+        return step
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: [B, L, hidden] -> [B, L, hidden]: B fresh sequences, no cache (as transformers'
@@ -226,12 +264,14 @@ class GatedDeltaNet(nn.Module):
             self.hf_out_proj_key: (self.hidden_size, self.value_dim * self.tp_size),
         }
 
-    def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Loads the state dict of the transformers GDN module itself (``layer.linear_attn.state_dict()``).
+    def convert_hf_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The transformers GDN module's state dict -> this layer's (``self.state_dict()`` keys), as
+        ``load_hf_state_dict`` loads it: this rank's heads, projections fused as the variant wants.
+        Where no slicing or fusion is needed the result is a view of the input (no copy).
 
         Keys must be relative to that module ("conv1d.weight", "A_log", ...): strip the model's prefix
-        (e.g. "model.layers.0.linear_attn.") first. Takes this rank's heads and fuses projections as the
-        variant wants. Raises ValueError naming missing or unknown keys, or a key whose shape is wrong.
+        (e.g. "model.layers.0.linear_attn.") first. Raises ValueError naming missing or unknown keys,
+        or a key whose shape is wrong.
         """
         expected = self.hf_shapes()
         missing = sorted(expected.keys() - state_dict.keys())
@@ -246,7 +286,7 @@ class GatedDeltaNet(nn.Module):
             if got != shape:
                 raise ValueError(f"state_dict[{key!r}] must have shape {list(shape)}, got {list(got)}")
         sd = state_dict
-        params = {
+        return {
             **self._convert_projections(sd),
             "conv_weight": self._qkv_rows(sd["conv1d.weight"][:, 0]),
             "A_log": self._head_rows(sd["A_log"]),
@@ -254,7 +294,17 @@ class GatedDeltaNet(nn.Module):
             "norm.weight": sd[self.hf_norm_key],
             "out_proj.weight": self._value_rows(sd[self.hf_out_proj_key].t()).t(),
         }
-        self.load_state_dict(params, strict=True)
+
+    def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor], *, assign: bool = False) -> None:
+        """Loads the state dict of the transformers GDN module itself (``layer.linear_attn.state_dict()``).
+
+        Keys must be relative to that module ("conv1d.weight", "A_log", ...): strip the model's prefix
+        (e.g. "model.layers.0.linear_attn.") first. Takes this rank's heads and fuses projections as the
+        variant wants. Raises ValueError naming missing or unknown keys, or a key whose shape is wrong.
+        ``assign=True`` makes the converted tensors the parameters (no copy; what is only sliced or
+        reshaped stays a view of the given tensors): for a layer built on the meta device.
+        """
+        self.load_state_dict(self.convert_hf_state_dict(state_dict), strict=True, assign=assign)
 
     # ---- tensor-parallel slicing of full (all ranks) tensors along dim 0 -----------------------
 
@@ -272,6 +322,8 @@ class GatedDeltaNet(nn.Module):
 
     def _qkv_rows(self, t: torch.Tensor) -> torch.Tensor:
         """t: [conv_dim_total, ...] laid out [q, k, v] -> this rank's [conv_dim, ...], same layout."""
+        if self.tp_size == 1:
+            return t  # the whole tensor: no copy
         kd, vd = self.key_dim * self.tp_size, self.value_dim * self.tp_size
         q, k, v = torch.split(t, [kd, kd, vd])
         return torch.cat([self._key_rows(q), self._key_rows(k), self._value_rows(v)])
