@@ -99,9 +99,10 @@ class TensorParallelGDN(nn.Module):
     def extra_repr(self) -> str:
         return f"tp_rank={self.tp_rank}, tp_size={self.tp_size}, group={self.group_name!r}"
 
-    def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """The whole transformers GDN module's state dict (every rank passes the same one) -> this rank's heads."""
-        self.layer.load_hf_state_dict(state_dict)
+    def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor], *, assign: bool = False) -> None:
+        """The whole transformers GDN module's state dict (every rank passes the same one) -> this rank's
+        heads (``GatedDeltaNet.load_hf_state_dict``; ``assign=True`` for a layer built on the meta device)."""
+        self.layer.load_hf_state_dict(state_dict, assign=assign)
 
     def allocate_state(self, num_slots: int, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Zeroed pools of this rank's heads only: conv_state [S, conv_dim / tp, W-1+num_spec],
