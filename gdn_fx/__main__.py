@@ -1,4 +1,4 @@
-"""Command line: ``python -m gdn_fx demo | report | dump | bench``."""
+"""Command line: ``python -m gdn_fx demo | report | dump | bench | tp-demo``."""
 
 import argparse
 import glob
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-BENCHES = ("unpack", "norm_gate", "decode", "prefill", "layer", "numerics", "generate")
+BENCHES = ("unpack", "norm_gate", "decode", "prefill", "prefill_stack", "layer", "numerics", "generate", "tp")
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout, when run from one
 
 
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m gdn_fx", description=__doc__, formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"gdn_fx {__version__} (torch {torch.__version__})")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{demo,report,dump,bench}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{demo,report,dump,bench,tp-demo}")
 
     def common(p):
         p.add_argument("--device", default=default_device, help="cpu or cuda (cuda when a CUDA device is present)")
@@ -141,10 +141,17 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument("--out", default="bench/results", help="folder of the JSONs and bench.png")
     ben.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of the benchmarks")
     ben.add_argument("--plot-only", action="store_true", help="only print the tables and render the JSONs in --out")
+    sub.add_parser("tp-demo", add_help=False,
+                   help="a layer sharded over N ranks against one process (python -m gdn_fx tp-demo --help)")
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tp-demo"]:  # its own parser: run it under torch.distributed.run, or with --nproc
+        from gdn_fx.distributed.tp_demo import main as tp_main
+
+        return tp_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     prog = f"python -m gdn_fx {args.cmd}"
