@@ -40,7 +40,6 @@ consumer).
 """
 
 import functools
-import inspect
 import logging
 import math
 import operator
@@ -53,6 +52,7 @@ from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from gdn_fx.ops import registry
+from gdn_fx.passes.base import FusionPass
 
 log = logging.getLogger(__name__)
 aten, prims = torch.ops.aten, torch.ops.prims
@@ -147,26 +147,26 @@ def _private(nodes: set, root: Node) -> bool:
     return all(dead_with(u) for n in nodes if n is not root for u in n.users)
 
 
-class NormGateFusionPass:
+class NormGateFusionPass(FusionPass):
     """Post-grad pass: each RMSNormGated (+ flatten) -> one ``gdn_fx::norm_gate``."""
 
     name = "norm_gate"
 
     def __init__(self, devices: tuple[str, ...] | None = None):
         """devices: where to fire; None: where gdn_fx::norm_gate has a kernel (cuda with Triton)."""
+        super().__init__()
         self.devices = tuple(registry.get("norm_gate").kernels) if devices is None else tuple(devices)
-        self.matched_count = 0
         self._patterns = PatternMatcherPass()
         for pattern, norm_before_gate, act, parts in _patterns():
             check = functools.partial(self._plan, norm_before_gate=norm_before_gate, act=act, parts=parts)
             register_graph_pattern(pattern, extra_check=lambda m, check=check: check(m) is not None,
                                    pass_dict=self._patterns)(lambda m, check=check, **_: self._rewrite(m, check(m)))
 
-    def __call__(self, graph: Graph) -> None:
-        self.matched_count = self._patterns.apply(graph) if self.devices else 0
+    def apply(self, graph: Graph) -> int:
+        return self._patterns.apply(graph) if self.devices else 0
 
-    def uuid_parts(self) -> tuple:
-        return (self.devices, inspect.getsource(inspect.getmodule(NormGateFusionPass)))
+    def options(self) -> tuple:
+        return (self.devices,)
 
     # ---- proving a match ------------------------------------------------------------------------
 
@@ -245,7 +245,7 @@ class NormGateFusionPass:
         op = torch.ops.gdn_fx.norm_gate.default
         args = (plan["x"], plan["z"], plan["w"], plan["eps"], plan["gs"], plan["norm_before_gate"], plan["act"],
                 plan["eps_t"])
-        val = _fake(graph, op, *args)
+        val = self.fake(graph, op, *args)
         with graph.inserting_before(final):
             new = graph.call_function(op, args)
             new.meta["val"] = val
@@ -266,11 +266,3 @@ class NormGateFusionPass:
                 drop.update(a for a in n.all_input_nodes if _shape_math(a))
                 graph.erase_node(n)
 
-
-def _fake(graph: Graph, fn, *args):
-    vals = torch.fx.node.map_arg(args, lambda a: a.meta["val"])
-    from torch._guards import detect_fake_mode
-
-    mode = detect_fake_mode([n.meta.get("val") for n in graph.find_nodes(op="placeholder")])
-    with mode:
-        return fn(*vals)

@@ -26,14 +26,15 @@ for bit. Any doubt (a source not [T, C], a size not a function of T, a gather
 that mixes tokens, an output the graph returns) and nothing fires.
 """
 
-import inspect
 import logging
 import operator
 
 import torch
 from torch.fx import Graph, Node
 
+import gdn_fx.ops.unpack  # noqa: F401  (defines torch.ops.gdn_fx.unpack, the op this pass inserts)
 from gdn_fx.passes import movement
+from gdn_fx.passes.base import FusionPass
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -49,25 +50,14 @@ def _is_opaque(n: Node) -> bool:
     return isinstance(target, torch._ops.OpOverload) and target.namespace not in ("aten", "prims")
 
 
-def _fake(graph: Graph, fn, *args):
-    vals = torch.fx.node.map_arg(args, lambda a: a.meta["val"])
-    from torch._guards import detect_fake_mode
-
-    mode = detect_fake_mode([n.meta.get("val") for n in graph.find_nodes(op="placeholder")])
-    with mode:
-        return fn(*vals)
-
-
-class UnpackFusionPass:
+class UnpackFusionPass(FusionPass):
     """Post-grad pass: per opaque consumer, its copying glue regions -> one ``gdn_fx::unpack``."""
 
     name = "unpack"
+    helpers = (movement,)
 
-    def __init__(self):
-        self.matched_count = 0
-
-    def __call__(self, graph: Graph) -> None:
-        self.matched_count = 0
+    def apply(self, graph: Graph) -> int:
+        count = 0
         groups: dict[Node, list] = {}  # consumer -> [(region, outputs)]
         for region in movement.regions(graph):
             outs = [
@@ -83,12 +73,13 @@ class UnpackFusionPass:
         for consumer, parts in groups.items():
             try:
                 self._fuse(graph, parts)
-                self.matched_count += 1
+                count += 1
             except movement.Unfit as e:
                 log.debug("gdn_fx unpack: not fusing the glue of %s: %s", consumer.name, e)
             except Exception:  # a pass must never break compilation: the graph is left as it was
                 log.warning("gdn_fx unpack: unexpected error on the glue of %s; left unfused", consumer.name,
                             exc_info=True)
+        return count
 
     def _fuse(self, graph: Graph, parts) -> None:
         # prove every part first, change the graph only when all fit
@@ -117,7 +108,7 @@ class UnpackFusionPass:
             widths.append(len(cols))
 
         op = torch.ops.gdn_fx.unpack.default
-        val = _fake(graph, op, list(sources), segments, widths)  # before any change to the graph
+        val = self.fake(graph, op, list(sources), segments, widths)  # before any change to the graph
         with graph.inserting_after(anchor):
             fused = graph.call_function(op, (list(sources), segments, widths))
         fused.meta["val"] = val
@@ -145,9 +136,6 @@ class UnpackFusionPass:
             for n in reversed(region.nodes):
                 if not n.users:
                     graph.erase_node(n)
-
-    def uuid_parts(self) -> tuple:
-        return (inspect.getsource(movement), inspect.getsource(inspect.getmodule(UnpackFusionPass)))
 
 
 def _position(graph: Graph):
