@@ -52,7 +52,13 @@ def grouped_slice(x, o):
     return [x.unflatten(1, (2, 8))[:, :, o : o + 4].contiguous()]
 
 
-SPELLINGS = [narrow_cat, slice_cat, slice_of_slice, grouped_slice]
+def split_sizes(x, o):
+    """The split sizes (so the output's width) depend on o."""
+    a, b = torch.split(x, [4 + o, 12 - o], 1)
+    return [torch.cat([a, b[:, :2]], 1)]
+
+
+SPELLINGS = [narrow_cat, slice_cat, slice_of_slice, grouped_slice, split_sizes]
 # offsets of T, written with literals (a closure variable would be a graph input under dynamic=True);
 # the first three agree with themselves at the pass's probes T=5 and T=11, the last two are constants
 OFFSETS = {
@@ -70,7 +76,7 @@ def _glue(spelling, offset):
     return lambda x: sink(spelling(x, offset(x.shape[0])))
 
 
-@pytest.mark.parametrize("spelling, offset", list(zip(SPELLINGS, ["T%3", "(T//64)%2*4", "T%2*3", "T%3"])),
+@pytest.mark.parametrize("spelling, offset", list(zip(SPELLINGS, ["T%3", "(T//64)%2*4", "T%2*3", "T%3", "T%2*3"])),
                          ids=lambda v: getattr(v, "__name__", v))
 def test_selection_that_depends_on_T_does_not_fuse_under_dynamic_shapes(spelling, offset):
     """Agrees with a fixed gather at both probes, differs at other T: one graph serves every T, so
