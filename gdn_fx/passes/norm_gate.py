@@ -154,7 +154,8 @@ def _call(n, *targets) -> bool:
 
 def _same_value(a, b) -> bool:
     """a and b are one tensor: the same node, or the same pure op on the same values (the post-grad
-    graph keeps duplicates, e.g. ``z.float()`` written twice)."""
+    graph keeps duplicates, e.g. ``z.float()`` written twice). Sound because the graph is still
+    functional here: Inductor reinplaces ops only after the custom post-grad passes."""
     if a is b:
         return True
     if not (_call(a, getattr(a, "target", None)) and _call(b, a.target)) or a.kwargs != b.kwargs:
