@@ -46,7 +46,8 @@ def compile_fresh(fn, backend, token_ranks=(2,), **kwargs):
 
     def run(*args):
         for a in args:
-            if mark and isinstance(a, torch.Tensor) and a.dim() in token_ranks and not isinstance(a, torch.nn.Parameter):
+            if mark and isinstance(a, torch.Tensor) and a.dim() in token_ranks \
+                    and not isinstance(a, torch.nn.Parameter):
                 torch._dynamo.mark_dynamic(a, 0)
                 for d in range(1, a.dim()):
                     torch._dynamo.mark_static(a, d)
