@@ -172,13 +172,6 @@ def second_mm_depends_on_compute(h):
     return sink([mixed, b, a])
 
 
-def b_read_by_compute(h):
-    """b is read by compute code before the consumer; both projections come first: one op."""
-    ba, mixed = h @ W_BA, _unpack_qkvz(h @ W_QKVZ)
-    b, a = _unpack_ba(ba)
-    return sink([mixed, b, a]), b * 2
-
-
 def compute_returned(h):
     """mixed_qkv is read by compute code whose result only the caller reads: it goes after everything."""
     mixed = _unpack_qkvz(h @ W_QKVZ)
@@ -191,7 +184,6 @@ def compute_returned(h):
     pytest.param(compute_before_second_mm, 2, True, id="compute_before_second_mm"),
     pytest.param(compute_before_second_mm, 2, False, id="compute_before_second_mm-static"),
     pytest.param(second_mm_depends_on_compute, 2, True, id="second_mm_depends_on_compute"),
-    pytest.param(b_read_by_compute, 1, True, id="b_read_by_compute"),
     pytest.param(compute_returned, 1, True, id="compute_returned"),
 ])
 def test_glue_read_by_compute_before_a_later_source(glue, ops, dynamic):
