@@ -37,20 +37,46 @@ def _(xs):
     return [torch.empty_like(x) for x in xs]
 
 
-def compile_fresh(fn, backend, **kwargs):
-    """torch.compile with a dynamic token dim that never reads Inductor's caches (a cached graph
-    would skip the passes). Only dim 0 of 2-D inputs is dynamic, as for projection outputs."""
+def compile_fresh(fn, backend, token_ranks=(2,), **kwargs):
+    """torch.compile that never reads Inductor's caches (a cached graph would skip the passes), with a
+    dynamic token dim unless ``dynamic=False``: then every graph is specialized to its token count.
+    Only dim 0 of inputs of ``token_ranks`` dims is dynamic (2-D: projection outputs), the rest static."""
     compiled = torch.compile(fn, backend=backend, fullgraph=True, **kwargs)
+    mark = kwargs.get("dynamic") is not False
 
     def run(*args):
         for a in args:
-            if isinstance(a, torch.Tensor) and a.dim() == 2 and not isinstance(a, torch.nn.Parameter):
+            if mark and isinstance(a, torch.Tensor) and a.dim() in token_ranks \
+                    and not isinstance(a, torch.nn.Parameter):
                 torch._dynamo.mark_dynamic(a, 0)
-                torch._dynamo.mark_static(a, 1)
+                for d in range(1, a.dim()):
+                    torch._dynamo.mark_static(a, d)
         with torch._inductor.config.patch(force_disable_caches=True):
             return compiled(*args)
 
     return run
+
+
+def assert_exact(fn, make_args, token_counts, dynamic: bool, passes=DEFAULT_PASSES, close=None,
+                 token_ranks=(2,)) -> RecordingBackend:
+    """Compiles ``fn`` with ``passes`` and with none, runs both and eager on ``make_args(T)`` for every T, and
+    asserts the three agree bit for bit (or by ``close(got, want)``, for a pass with a stated tolerance).
+    -> the recording backend of the compile with the passes on."""
+    rec, off = RecordingBackend(passes), RecordingBackend(passes=())
+    fused, plain = (compile_fresh(fn, b, token_ranks, dynamic=dynamic) for b in (rec, off))
+    leaves = torch.utils._pytree.tree_leaves
+    for T in token_counts:
+        args = make_args(T)
+        eager, on, plain_out = leaves(fn(*args)), leaves(fused(*args)), leaves(plain(*args))
+        for what, got, want in (("passes-off compile vs eager", plain_out, eager), ("passes on vs eager", on, eager),
+                                ("passes on vs passes off", on, plain_out)):
+            for g, w in zip(got, want, strict=True):
+                assert g.shape == w.shape and g.dtype == w.dtype, f"T={T}, {what}: {g.shape} {g.dtype}"
+                if close is None:
+                    assert torch.equal(g, w), f"T={T}, {what}: not bit for bit"
+                else:
+                    close(g, w)
+    return rec
 
 
 @torch.library.custom_op("gdn_fx_test::consume", mutates_args=())

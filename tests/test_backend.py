@@ -7,7 +7,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from gdn_fx import make_backend
 from gdn_fx.backend import GdnFxBackend
-from gdn_fx.passes import PostGradPassManager, UnpackFusionPass
+from gdn_fx.passes import FusionPass, NormGateFusionPass, PostGradPassManager, UnpackFusionPass
 from tests.test_unpack_fusion import GROUP, NK, NV, _sinked, next_split
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -52,6 +52,27 @@ def test_uuid_covers_passes_and_user_pass():
     assert PostGradPassManager([UnpackFusionPass()], UserPass()).uuid() not in (a, None)
     # an opaque callable cannot be hashed: no cache entry at all rather than a wrong one
     assert PostGradPassManager([UnpackFusionPass()], lambda g: None).uuid() is None
+
+
+def test_pass_contract():
+    """Every pass is a FusionPass: a name, a matched count per graph, a uuid over its source and options."""
+    with pytest.raises(TypeError, match="must set a class attribute `name`"):
+
+        class Nameless(FusionPass):
+            def apply(self, graph):
+                return 0
+
+    class Counting(FusionPass):
+        name = "counting"
+
+        def apply(self, graph):
+            return len(graph.nodes)
+
+    p = Counting()
+    p(torch.fx.symbolic_trace(lambda x: x + 1).graph)
+    assert p.matched_count == 3 and p.uuid() == Counting().uuid()
+    assert NormGateFusionPass(devices=("cpu",)).uuid() != NormGateFusionPass(devices=()).uuid()
+    assert UnpackFusionPass().uuid() != NormGateFusionPass().uuid()
 
 
 def test_user_post_grad_pass_keeps_running_and_counts_accumulate():

@@ -1,9 +1,9 @@
 """The post-grad pass manager gdn_fx installs into Inductor, as a CustomGraphPass.
 
 Runs the pass a user already set (``post_grad_custom_post_pass``) and then
-gdn_fx's passes, records what each matched, and gives Inductor a ``uuid`` that
-covers the passes' source and options, so the FX-graph cache never serves a
-graph compiled with other passes.
+gdn_fx's passes (each a ``gdn_fx.passes.base.FusionPass``), records what each
+matched, and gives Inductor a ``uuid`` made of the passes' own uuids (their source
+and options), so the FX-graph cache never serves a graph compiled with other passes.
 """
 
 import hashlib
@@ -51,8 +51,6 @@ class PostGradPassManager(CustomGraphPass):
                 return None
         h = hashlib.sha256()
         for p in self.passes:
-            h.update(p.name.encode())
-            for part in p.uuid_parts():
-                h.update(repr(part).encode())
+            h.update(p.uuid().encode())
         h.update(repr(user).encode())
         return h.hexdigest()

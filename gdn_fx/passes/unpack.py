@@ -18,22 +18,31 @@ after::
 Only region outputs that an opaque op consumes are produced by the fused op; a
 tensor that only compiled code reads (z, feeding the norm-gate) stays a view for
 Inductor to fuse into its consumer. Outputs that are already views (no copy on
-their path) are left alone. The regions feeding one consumer become one op.
+their path) are left alone. The outputs feeding one consumer become one op, except
+where that cannot be: outputs of another dtype or device go to an op of their own,
+and so do outputs whose sources the graph computes after another output is already
+read (a second projection's matmul scheduled after compute code that reads the
+first one's glue): every op sits after its last source and before its first reader.
 
-Exactness: the selection is proven by running the region on index tensors at two
-token counts (``movement.column_maps``); the fused op copies those elements bit
-for bit. Any doubt (a source not [T, C], a size not a function of T, a gather
-that mixes tokens, an output the graph returns) and nothing fires.
+Exactness: each output's selection is proven for every token count
+(``movement.prove``: a symbolic check that every op on its path treats tokens as a
+batch dim with constant arguments, then index tensors read the columns off); the
+fused op copies those elements bit for bit, in one dtype. Any doubt (a source not
+[T, C], a size or offset that depends on T, a gather that mixes tokens, a cat that
+promotes dtypes, an output the graph returns) and that output stays unfused; the
+reason is logged at debug level (logger ``gdn_fx.passes.unpack``).
 """
 
-import inspect
+import dataclasses
 import logging
 import operator
 
 import torch
 from torch.fx import Graph, Node
 
+import gdn_fx.ops.unpack  # noqa: F401  (defines torch.ops.gdn_fx.unpack, the op this pass inserts)
 from gdn_fx.passes import movement
+from gdn_fx.passes.base import FusionPass
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -49,26 +58,26 @@ def _is_opaque(n: Node) -> bool:
     return isinstance(target, torch._ops.OpOverload) and target.namespace not in ("aten", "prims")
 
 
-def _fake(graph: Graph, fn, *args):
-    vals = torch.fx.node.map_arg(args, lambda a: a.meta["val"])
-    from torch._guards import detect_fake_mode
+@dataclasses.dataclass
+class _Part:
+    """One proven region output, and where in the graph a fused op may produce it."""
 
-    mode = detect_fake_mode([n.meta.get("val") for n in graph.find_nodes(op="placeholder")])
-    with mode:
-        return fn(*vals)
+    region: movement.Region
+    sel: movement.Selection
+    ready: int  # position of the last source it reads
+    need: int  # position of its first reader outside the region
 
 
-class UnpackFusionPass:
-    """Post-grad pass: per opaque consumer, its copying glue regions -> one ``gdn_fx::unpack``."""
+class UnpackFusionPass(FusionPass):
+    """Post-grad pass: per opaque consumer, its copying glue regions -> ``gdn_fx::unpack`` (one, unless
+    dtypes or the graph's order force more)."""
 
     name = "unpack"
+    helpers = (movement,)
 
-    def __init__(self):
-        self.matched_count = 0
-
-    def __call__(self, graph: Graph) -> None:
-        self.matched_count = 0
+    def apply(self, graph: Graph) -> int:
         groups: dict[Node, list] = {}  # consumer -> [(region, outputs)]
+        pos = _positions(graph)
         for region in movement.regions(graph):
             outs = [
                 o for o in region.outputs
@@ -78,57 +87,94 @@ class UnpackFusionPass:
             ]
             if not outs:
                 continue
-            consumer = min((u for o in outs for u in o.users if _is_opaque(u)), key=_position(graph))
+            consumer = min((u for o in outs for u in o.users if _is_opaque(u)), key=pos.__getitem__)
             groups.setdefault(consumer, []).append((region, outs))
-        for consumer, parts in groups.items():
-            try:
-                self._fuse(graph, parts)
-                self.matched_count += 1
-            except movement.Unfit as e:
-                log.debug("gdn_fx unpack: not fusing the glue of %s: %s", consumer.name, e)
-            except Exception:  # a pass must never break compilation: the graph is left as it was
-                log.warning("gdn_fx unpack: unexpected error on the glue of %s; left unfused", consumer.name,
-                            exc_info=True)
+        count, erased = 0, set()
+        for consumer, regions in groups.items():
+            proven = []
+            for region, outs in regions:
+                for o in outs:
+                    try:
+                        proven.append((region, self._prove(region, o)))
+                    except movement.Unfit as e:
+                        log.debug("gdn_fx unpack: not fusing %s (read by %s): %s", o.name, consumer.name, e)
+            for batch in self._batches(graph, consumer, proven):
+                try:
+                    self._rewrite(graph, batch, erased)
+                    count += 1
+                except Exception:  # a pass must never break compilation: the graph is left as it was
+                    log.warning("gdn_fx unpack: unexpected error on the glue of %s; left unfused", consumer.name,
+                                exc_info=True)
+        return count
 
-    def _fuse(self, graph: Graph, parts) -> None:
-        # prove every part first, change the graph only when all fit
-        sources, sym, plans = [], None, []
-        for region, outs in parts:
-            s, maps = movement.column_maps(region, outs)
-            if sym is not None and s != sym:
-                raise movement.Unfit("regions with different token counts")
-            sym = s
-            index = []  # this region's source i -> position in the fused op's sources
-            for src in region.sources:
-                if src not in sources:
-                    sources.append(src)
-                index.append(sources.index(src))
-            for o, (inner, cols) in zip(outs, maps):
-                plans.append((region, o, inner, [(index[src], c) for src, c in cols]))
-        pos = _position(graph)
-        anchor = max(sources, key=pos)
-        first_use = min((u for _, o, _, _ in plans for u in o.users), key=pos)
-        if pos(anchor) >= pos(first_use):
-            raise movement.Unfit("a source is computed after a consumer of the glue")
+    @staticmethod
+    def _prove(region: movement.Region, out: Node) -> movement.Selection:
+        sel = movement.prove(region, out)
+        # the op copies bit for bit: one dtype in and out, one device (a cat of bf16 and fp32 promotes)
+        val = out.meta["val"]
+        for s in sel.sources:
+            sv = s.meta["val"]
+            if sv.dtype != val.dtype or sv.device != val.device:
+                raise movement.Unfit(f"it is {val.dtype} on {val.device} but reads {s.name} in {sv.dtype} on "
+                                     f"{sv.device}: the fused op copies, it does not convert")
+        return sel
+
+    @staticmethod
+    def _batches(graph: Graph, consumer: Node, proven: list) -> list[list[_Part]]:
+        """Splits a consumer's proven outputs into fused ops: one per dtype/device/token count, and
+        within one, as few as the graph's order allows. An op goes after the last source it reads and
+        before the first reader of anything it produces, so outputs whose sources are computed after
+        another output is read cannot share it (interval stabbing, greedy by first reader)."""
+        pos = _positions(graph)
+        kinds: dict[tuple, list[_Part]] = {}
+        for region, sel in proven:
+            val = sel.out.meta["val"]
+            part = _Part(region, sel, ready=max(pos[s] for s in sel.sources),
+                         need=min(pos[u] for u in sel.out.users if u not in region))
+            kinds.setdefault((val.dtype, val.device, sel.sym), []).append(part)
+        batches = []
+        for parts in kinds.values():
+            parts.sort(key=lambda p: p.need)
+            batch, ready, limit = [], -1, -1
+            for p in parts:
+                if batch and max(ready, p.ready) < limit:
+                    batch.append(p)
+                    ready = max(ready, p.ready)
+                else:
+                    batch, ready, limit = [p], p.ready, p.need
+                    batches.append(batch)
+        if len(batches) > 1:
+            log.debug("gdn_fx unpack: the glue of %s becomes %d ops (dtypes, or sources computed after a "
+                      "reader of the glue): %s", consumer.name, len(batches),
+                      [[p.sel.out.name for p in b] for b in batches])
+        for b in batches:
+            b.sort(key=lambda p: pos[p.sel.out])
+        return batches
+
+    def _rewrite(self, graph: Graph, batch: list[_Part], erased: set) -> None:
+        pos = _positions(graph)
+        sources = list(dict.fromkeys(s for p in batch for s in p.sel.sources))
+        index = {s: i for i, s in enumerate(sources)}
         segments, widths = [], []
-        for _, _, _, cols in plans:
+        for p in batch:
+            cols = [(index[s], c) for s, c in p.sel.columns]
             for r in movement.runs(cols):
                 segments += r
             widths.append(len(cols))
-
+        anchor = max(sources, key=pos.__getitem__)
         op = torch.ops.gdn_fx.unpack.default
-        val = _fake(graph, op, list(sources), segments, widths)  # before any change to the graph
+        val = self.fake(graph, op, list(sources), segments, widths)  # before any change to the graph
         with graph.inserting_after(anchor):
             fused = graph.call_function(op, (list(sources), segments, widths))
         fused.meta["val"] = val
         T = sources[0].meta["val"].shape[0]
         after = fused
-        for j, (region, o, inner, _) in enumerate(plans):
+        for j, p in enumerate(batch):
             with graph.inserting_after(after):
                 item = graph.call_function(operator.getitem, (fused, j))
-            item.meta["val"] = fused.meta["val"][j]
+            item.meta["val"] = val[j]
             after = item
-            if len(inner) != 1:
+            if len(p.sel.inner) != 1:
                 t_arg = T
                 if isinstance(T, torch.SymInt):  # the view's size needs a node for a symbolic T
                     with graph.inserting_after(after):
@@ -136,20 +182,17 @@ class UnpackFusionPass:
                     t_arg.meta["val"] = T
                     after = t_arg
                 with graph.inserting_after(after):
-                    item = graph.call_function(aten.view.default, (item, [t_arg, *inner]))
-                item.meta["val"] = fused.meta["val"][j].view(T, *inner)
+                    item = graph.call_function(aten.view.default, (item, [t_arg, *p.sel.inner]))
+                item.meta["val"] = val[j].view(T, *p.sel.inner)
                 after = item
-            o.replace_all_uses_with(item, delete_user_cb=lambda u, region=region: u not in region)
+            p.sel.out.replace_all_uses_with(item, delete_user_cb=lambda u, region=p.region: u not in region)
         # drop the movement nodes nobody reads any more
-        for region, _ in parts:
+        for region in {id(p.region): p.region for p in batch}.values():
             for n in reversed(region.nodes):
-                if not n.users:
+                if n not in erased and not n.users:
                     graph.erase_node(n)
-
-    def uuid_parts(self) -> tuple:
-        return (inspect.getsource(movement), inspect.getsource(inspect.getmodule(UnpackFusionPass)))
+                    erased.add(n)
 
 
-def _position(graph: Graph):
-    index = {n: i for i, n in enumerate(graph.nodes)}
-    return lambda n: index[n]
+def _positions(graph: Graph) -> dict[Node, int]:
+    return {n: i for i, n in enumerate(graph.nodes)}
