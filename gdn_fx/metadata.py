@@ -17,6 +17,7 @@ import dataclasses
 from typing import Sequence
 
 import torch
+import torch._dynamo
 
 from gdn_fx.ops import plan as _plan
 from gdn_fx.ops.checks import NULL_SLOT
@@ -98,7 +99,17 @@ class GDNMetadata:
         return dataclasses.replace(self, **{
             f.name: _to(getattr(self, f.name), device) for f in dataclasses.fields(self)
             if f.name not in ("plan", "num_slots", "num_spec") and getattr(self, f.name) is not None
-        })
+        })._mark_static()
+
+    def _mark_static(self) -> "GDNMetadata":
+        """Under torch.compile(dynamic=True) only the token dims are dynamic: the plan's 8 entries, the chunk
+        plan's 4 rows and the 1 + num_spec slot columns stay static, so duck sizing never ties the token
+        count to one of them (at T = 8, say) and specializes it (a tensor attribute, no global state)."""
+        torch._dynamo.mark_static(self.plan)
+        torch._dynamo.mark_static(self.state_indices, 1)
+        if self.chunk_plan is not None:
+            torch._dynamo.mark_static(self.chunk_plan, 0)
+        return self
 
     def check_pools(self, conv_state: torch.Tensor, ssm_state: torch.Tensor, conv_width: int | None = None) -> None:
         """Raises ValueError unless the pools have the ``num_slots`` slots this metadata was built for and

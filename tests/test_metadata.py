@@ -116,3 +116,24 @@ def test_decode_build_does_not_sync_with_the_device():
         torch.cuda.set_sync_debug_mode(0)
     assert m.query_start_loc.device.type == "cuda" and m.counts.device.type == "cpu"
     assert m.state_indices.cpu()[:32, 0].tolist() == list(range(32))
+
+
+def test_static_dims_never_tie_to_the_token_count():
+    """The plan's 8 entries, the chunk plan's 4 rows and the 1 + num_spec slot columns are static under
+    torch.compile(dynamic=True): at T = 8, 4 or 3 (= 1 + num_spec) duck sizing would otherwise tie the token
+    count to them, specialize it, and fail a strict mark_dynamic (or recompile at the next T)."""
+    from gdn_fx.demo import random_layer
+    from tests.fusion import RecordingBackend, compile_fresh
+
+    torch._dynamo.reset()
+    layer = random_layer("qwen3_next", "cpu", torch.float32)
+    conv_state, ssm_state = layer.allocate_state(8, num_spec=2)
+    step = compile_fresh(layer.forward_serving, RecordingBackend(passes=()), dynamic=True)
+    counts = []
+    with torch.no_grad():
+        for T in (8, 4, 3):
+            meta = build_metadata([Request(1, [s, s + 1, s + 2], num_computed_tokens=4) for s in (0, 3)[: min(T, 2)]]
+                                  + [Request(T - min(T, 2), 6)] * (T > 2), num_slots=8, num_spec=2)
+            step(torch.randn(T, layer.hidden_size), conv_state, ssm_state, meta)
+            counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert counts[0] == counts[-1], counts  # one graph for all three token counts
