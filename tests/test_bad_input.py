@@ -186,3 +186,27 @@ def test_forward_serving_names_bad_hidden_states(hidden, words):
         layer.forward_serving(hidden(), conv_state, ssm_state, meta)
     for w in words:
         assert w in str(err.value), f"{w!r} not in {err.value}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", ["cuda"])
+def test_pool_mismatch_raises_on_cuda_before_any_kernel(device):
+    """On cuda the same checks stand between the metadata and the Triton kernels (no out-of-bounds writes)."""
+    layer, conv_state, ssm_state = _layer_and_pools(num_slots=8)
+    layer, conv_state, ssm_state = layer.to(device), conv_state.to(device), ssm_state.to(device)
+    snapshot = conv_state.clone(), ssm_state.clone()
+    for kwargs, words in (({"num_slots": 16}, "num_slots=16"), ({"num_slots": 8, "num_spec": 2}, "num_spec=2")):
+        meta = build_metadata([Request(1, 3, num_computed_tokens=2), Request(4, 5)], device=device, **kwargs)
+        with pytest.raises(ValueError, match=words):
+            layer.forward_serving(torch.randn(5, 16, device=device), conv_state, ssm_state, meta)
+    args = list(op_args("gdn_core", device=device))  # pools of 8 slots for num_spec = 2
+    pools = [a.clone() for a in args[7:9]]
+    for fields, words in (({"num_slots": 16}, "num_slots=16"), ({"num_spec": 1}, "num_spec=1")):
+        bad = list(args)
+        bad[14] = _plan(args, **fields)
+        with pytest.raises(ValueError, match=words):
+            torch.ops.gdn_fx.gdn_core(*bad)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    assert torch.equal(conv_state, snapshot[0]) and torch.equal(ssm_state, snapshot[1])
+    assert all(torch.equal(a, b) for a, b in zip(args[7:9], pools))
