@@ -33,6 +33,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gdn_fx import Request, build_metadata  # noqa: E402
+from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.distributed import TensorParallelGDN, all_reduce_sum, init_from_env, launched, spawn  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
@@ -43,23 +44,6 @@ PREFILL = (8, 2048)
 SMALL_PREFILL = (2, 64)
 AR_REPS = 10  # all-reduces per captured graph
 
-
-def hf_checkpoint(layer, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random checkpoint of the whole layer (transformers keys), the same on every rank (seeded, CPU)."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in sorted(layer.hf_shapes().items()):
-        x = torch.randn(shape, generator=gen)
-        if key in ("A_log", "dt_bias"):
-            x = 0.5 * x
-        elif key.endswith("norm.weight"):
-            x = 1 + 0.2 * x
-        elif key == "conv1d.weight":
-            x = 0.4 * x
-        else:
-            x = x * shape[-1] ** -0.5
-        sd[key] = x
-    return sd
 
 
 def _timers(device: torch.device):
@@ -95,7 +79,7 @@ def rank_main(rank: int, world_size: int, device: torch.device, opts: dict) -> N
     graph_timer, eager_timer = _timers(device)
 
     torch.manual_seed(0)
-    sd = hf_checkpoint(Qwen3NextGatedDeltaNet(**dims, device="meta"))  # the shapes only
+    sd = random_hf_state_dict(Qwen3NextGatedDeltaNet(**dims, device="meta"))  # the shapes only
     tp = TensorParallelGDN(Qwen3NextGatedDeltaNet(**dims, tp_size=2, tp_rank=rank, device=device, dtype=dtype))
     tp.load_hf_state_dict(sd)
     tp.eval().requires_grad_(False)

@@ -38,6 +38,25 @@ def random_layer(variant: str, device, dtype, seed: int = 0):
     return layer.eval().requires_grad_(False)
 
 
+def random_hf_state_dict(layer, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random checkpoint of ``layer``'s whole model (all tensor-parallel ranks), by transformers keys
+    (``layer.hf_shapes()``): drawn on the CPU from a seeded generator, so every process draws the same one."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in sorted(layer.hf_shapes().items()):
+        x = torch.randn(shape, generator=gen)
+        if key in ("A_log", "dt_bias"):
+            x = 0.5 * x
+        elif key.endswith("norm.weight"):
+            x = 1 + 0.2 * x
+        elif key == "conv1d.weight":
+            x = 0.4 * x
+        else:
+            x = x * shape[-1] ** -0.5
+        sd[key] = x
+    return sd
+
+
 # Three serving steps over four requests: (slot, tokens already computed, new tokens), decodes first.
 STEPS = [
     ("prefill three prompts", [(5, 0, 37), (1, 0, 50), (3, 0, 21)]),

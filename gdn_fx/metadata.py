@@ -101,6 +101,18 @@ class GDNMetadata:
             if f.name not in ("plan", "num_slots", "num_spec") and getattr(self, f.name) is not None
         })._mark_static()
 
+    def copy_(self, other: "GDNMetadata") -> "GDNMetadata":
+        """Copies ``other``'s device tensors into this metadata's, in place: the static inputs of a captured
+        CUDA graph, before a replay. The plan is baked into the graph, so ``other``'s must be this one's
+        (a padded decode batch's is, whatever its mix: see ``build_metadata``); else ValueError."""
+        if not torch.equal(self.plan, other.plan):
+            raise ValueError(f"a captured step replays plan {self.plan.tolist()}, got a step of plan {other.plan.tolist()}"
+                             " (build it with the same pad_to, and no prefills, as the captured one)")
+        for name in ("query_start_loc", "state_indices", "has_initial_state", "num_accepted_tokens", "chunk_plan"):
+            if getattr(self, name) is not None:
+                getattr(self, name).copy_(getattr(other, name))
+        return self
+
     def _mark_static(self) -> "GDNMetadata":
         """Under torch.compile(dynamic=True) only the token dims are dynamic: the plan's 8 entries, the chunk
         plan's 4 rows and the 1 + num_spec slot columns stay static, so duck sizing never ties the token

@@ -67,8 +67,7 @@ def test_decode_step_captured_and_replayed(num_spec, compiled):
         meta = build_metadata(reqs, num_slots=SLOTS, num_spec=num_spec, device="cuda", pad_to=ROWS)
         assert torch.equal(meta.counts, static_meta.counts)
         h = torch.randn(ROWS, HIDDEN, device="cuda", dtype=torch.bfloat16)
-        for name in ("query_start_loc", "state_indices", "has_initial_state", "num_accepted_tokens"):
-            getattr(static_meta, name).copy_(getattr(meta, name))
+        static_meta.copy_(meta)
         static_h.copy_(h)
         graph.replay()
         want = layer.forward_serving(h, *eager_pools, meta)

@@ -137,3 +137,14 @@ def test_static_dims_never_tie_to_the_token_count():
             step(torch.randn(T, layer.hidden_size), conv_state, ssm_state, meta)
             counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     assert counts[0] == counts[-1], counts  # one graph for all three token counts
+
+
+def test_copy_into_captured_metadata():
+    """copy_ refreshes the static metadata of a captured graph, and refuses a step the graph did not capture."""
+    static = build_metadata([Request(1, 0, num_computed_tokens=2)], num_slots=8, pad_to=4)
+    step = build_metadata([Request(1, s, num_computed_tokens=2) for s in (5, 6, 7)], num_slots=8, pad_to=4)
+    static.copy_(step)
+    assert torch.equal(static.state_indices, step.state_indices) and torch.equal(static.query_start_loc,
+                                                                                  step.query_start_loc)
+    with pytest.raises(ValueError, match="plan"):
+        static.copy_(build_metadata([Request(3, 1)], num_slots=8, pad_to=4))

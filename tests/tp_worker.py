@@ -22,24 +22,6 @@ def config(num_k_heads: int, ratio: int):
                            linear_conv_kernel_dim=W, rms_norm_eps=1e-6, hidden_act="silu", linear_allow_neg_eigval=True)
 
 
-def hf_state_dict(layer, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random checkpoint of the whole layer (transformers keys and shapes), the same on every rank:
-    drawn on the CPU from a seeded generator."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in sorted(layer.hf_shapes().items()):
-        x = torch.randn(shape, generator=gen)
-        if key in ("A_log", "dt_bias"):
-            x = 0.5 * x
-        elif key.endswith("norm.weight"):
-            x = 1 + 0.3 * x
-        elif key == "conv1d.weight":
-            x = 0.4 * x
-        else:
-            x = x * shape[-1] ** -0.5
-        sd[key] = x
-    return sd
-
 
 def steps():
     """[(name, requests)]: five serving steps over sequences A-E, each with 1 + NUM_SPEC slots (3i..3i+2),
@@ -63,6 +45,7 @@ def steps():
 
 
 def _layers(variant: str, num_k_heads: int, ratio: int, device, dtype):
+    from gdn_fx.demo import random_hf_state_dict
     from gdn_fx.distributed import TensorParallelGDN
     from gdn_fx.layers import get_layer
 
@@ -70,7 +53,7 @@ def _layers(variant: str, num_k_heads: int, ratio: int, device, dtype):
     name = "qwen3_5" if variant == "qwen3_5_split" else variant
     cfg = config(num_k_heads, ratio)
     full = get_layer(name).from_hf_config(cfg, device=device, dtype=dtype, **kwargs)
-    sd = hf_state_dict(full)
+    sd = random_hf_state_dict(full)
     full.load_hf_state_dict(sd)
     tp = TensorParallelGDN.from_hf_config(name, cfg, device=device, dtype=dtype, **kwargs)
     tp.load_hf_state_dict(sd)
@@ -207,8 +190,7 @@ def check_cuda_graph(rank: int, world_size: int, device, rows: int = 8) -> list[
             static_out = step(static_h, *tp_pools, static_meta)
         for i in range(1, 5):
             reqs, meta, h = batch(i)
-            for name in ("query_start_loc", "state_indices", "has_initial_state", "num_accepted_tokens"):
-                getattr(static_meta, name).copy_(getattr(meta, name))
+            static_meta.copy_(meta)
             static_h.copy_(h)
             graph.replay()
             want = full.forward_serving(h, *full_pools, meta)

@@ -42,24 +42,6 @@ def _steps():
     ]
 
 
-def random_hf_state_dict(layer, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random checkpoint of the whole layer, by transformers keys: drawn on the CPU from a seeded
-    generator, so every rank draws the same one."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in sorted(layer.hf_shapes().items()):
-        x = torch.randn(shape, generator=gen)
-        if key in ("A_log", "dt_bias"):
-            x = 0.5 * x
-        elif key.endswith("norm.weight"):
-            x = 1 + 0.2 * x
-        elif key == "conv1d.weight":
-            x = 0.4 * x
-        else:
-            x = x * shape[-1] ** -0.5
-        sd[key] = x
-    return sd
-
 
 def _max_over_ranks(x: float, device) -> float:
     t = torch.tensor([x], dtype=torch.float64, device=device)
@@ -70,7 +52,7 @@ def _max_over_ranks(x: float, device) -> float:
 def run_rank(rank: int, world_size: int, device: torch.device, opts: dict) -> bool:
     """One rank of the demo (the process group is up). Returns whether every step is within tolerance."""
     from gdn_fx import build_metadata
-    from gdn_fx.demo import small_config
+    from gdn_fx.demo import random_hf_state_dict, small_config
     from gdn_fx.distributed import TensorParallelGDN
     from gdn_fx.layers import get_layer
 

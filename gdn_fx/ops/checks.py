@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from gdn_fx.ops.plan import PLAN_FIELDS
+
 NULL_SLOT = -1
 """Slot index of padding rows (CUDA-graph padding): no state read or write, zero output."""
 
@@ -81,8 +83,6 @@ def slots(name: str, idx: torch.Tensor, num_slots: int) -> None:
 def plan(name: str, p: torch.Tensor) -> list[int] | None:
     """The core op's CPU int64 plan (``gdn_fx.ops.plan``). Returns its values, or None while tracing
     (fake tensors have none)."""
-    from gdn_fx.ops.plan import PLAN_FIELDS
-
     if p.device.type != "cpu" or p.shape != (len(PLAN_FIELDS),) or p.dtype != torch.int64:
         fail(f"{name} must be a CPU int64 tensor of shape [{len(PLAN_FIELDS)}] {PLAN_FIELDS}, "
              f"got {p.dtype} {list(p.shape)} on {p.device}")

@@ -39,10 +39,6 @@ def make_plan(num_decodes: int, num_decode_tokens: int, num_prefills: int, num_p
                          num_chunks, int(checked)], dtype=torch.int64)
 
 
-def num_chunks(prefill_lens: Sequence[int]) -> int:
-    return sum(-(-n // CHUNK) for n in prefill_lens)
-
-
 def chunk_layout(prefill_lens: Sequence[int] | torch.Tensor, T: int) -> tuple[torch.Tensor, int]:
     """prefill_lens: the token counts of the prefill sequences (zero allowed) -> (chunk_plan: CPU int32
     [4, T+1], num_chunks). Host work grows with the number of prefills and chunks only (once per step)."""

@@ -60,18 +60,10 @@ def serves(q: torch.Tensor, v: torch.Tensor, ssm_state: torch.Tensor) -> bool:
 
 
 def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, has_initial_state, scale, *,
-                  use_qk_l2norm: bool, A_log=None, dt_bias=None, beta_logits: bool = False,
-                  allow_neg_eigval: bool = False, out: torch.Tensor | None = None,
-                  host_qsl: torch.Tensor | None = None, null_rows_are_zero: bool = False) -> torch.Tensor:
-    """fla's ``chunk_gated_delta_rule`` over the pooled state.
-
-    With ``A_log``/``dt_bias`` given, ``g`` is the raw gate input ``a`` and fla computes
-    ``-exp(A_log) softplus(a + dt_bias)`` inside its cumsum kernel; with ``beta_logits``, ``beta``
-    is the raw ``b`` and fla applies (2x) sigmoid. ``out`` ([T, NV, DV]) receives the output.
-    ``host_qsl`` is a CPU copy of ``query_start_loc``; without it the lengths are read from the
-    device (a sync). Slots and initial-state flags stay on the device. ``null_rows_are_zero``: the
-    caller's q is zero on the rows of NULL_SLOT sequences (the core op's conv writes them so), so
-    their output, computed from a zero state, is zero already and needs no masking.
+                  use_qk_l2norm: bool) -> torch.Tensor:
+    """fla's public ``chunk_gated_delta_rule`` over the pooled state (the standalone chunk op: g in log
+    space, beta after sigmoid). The lengths are read from the device (a sync); slots and initial-state
+    flags stay there. Rows of NULL_SLOT sequences and rows past the last sequence are zero.
     """
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
@@ -79,10 +71,9 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
 
     T, NV, DV = v.shape
     dev = v.device
-    if out is None:
-        out = torch.empty(T, NV, DV, dtype=v.dtype, device=dev)
+    out = torch.empty(T, NV, DV, dtype=v.dtype, device=dev)
     N = state_indices.shape[0]
-    qsl = (query_start_loc.cpu() if host_qsl is None else host_qsl).to(torch.int64)
+    qsl = query_start_loc.cpu().to(torch.int64)
     seqs = (qsl.diff() > 0).nonzero().flatten()  # fla gets the non-empty sequences only
     if int(qsl[N]) < T:
         out[int(qsl[N]) :].zero_()
@@ -99,20 +90,16 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
         pick = seqs.to(dev, non_blocking=True)
         slots, init, cu_dev = slots.index_select(0, pick), init.index_select(0, pick), cu.to(dev, non_blocking=True)
     h0 = pool_io.gather_states(ssm_state, slots, init)
-    gate = {} if A_log is None else {"use_gate_in_kernel": True, "A_log": A_log, "dt_bias": dt_bias}
     o, ht = chunk_gated_delta_rule(
         q[lo:hi].unsqueeze(0), k[lo:hi].unsqueeze(0), v[lo:hi].unsqueeze(0), g[lo:hi].unsqueeze(0),
         beta[lo:hi].unsqueeze(0), scale=scale, initial_state=h0, output_final_state=True,
-        use_qk_l2norm_in_kernel=use_qk_l2norm, use_beta_sigmoid_in_kernel=beta_logits,
-        allow_neg_eigval=allow_neg_eigval, cu_seqlens=cu_dev, cu_seqlens_cpu=cu, **gate,
+        use_qk_l2norm_in_kernel=use_qk_l2norm, cu_seqlens=cu_dev, cu_seqlens_cpu=cu,
     )
-    if null_rows_are_zero:
-        out[lo:hi] = o[0]
-    else:  # rows of padding sequences, found on the device (the sequence of each row): zero
-        rows = torch.arange(lo, hi, dtype=query_start_loc.dtype, device=dev)
-        seq_of_row = torch.searchsorted(query_start_loc[1 : N + 1], rows, right=True)
-        null_row = (state_indices[seq_of_row] == NULL_SLOT).view(-1, 1, 1)
-        torch.where(null_row, o.new_zeros(()), o[0], out=out[lo:hi])
+    # rows of padding sequences, found on the device (the sequence of each row): zero
+    rows = torch.arange(lo, hi, dtype=query_start_loc.dtype, device=dev)
+    seq_of_row = torch.searchsorted(query_start_loc[1 : N + 1], rows, right=True)
+    null_row = (state_indices[seq_of_row] == NULL_SLOT).view(-1, 1, 1)
+    torch.where(null_row, o.new_zeros(()), o[0], out=out[lo:hi])
     pool_io.scatter_states(ht, ssm_state, slots)
     return out
 
