@@ -24,6 +24,10 @@ CASES_4 = [(v, 4, 2, "eager") for v in FAMILIES]
 # each rank compiles on one thread: the machine's cores are shared by the ranks. Collectives wait up
 # to 180 s: a rank that compiles faster waits inside the first all-reduce for the other.
 ENV = {"TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+# on 2 GPUs: every variant at ratio 3, every ratio for Qwen3-Next, every family compiled (the full
+# CPU list took over 200 s of Triton's first compiles on the H200: the device's time is rationed)
+CASES_CUDA = ([(v, 2, 3, "eager") for v in (*FAMILIES, "qwen3_5_split")]
+              + [("qwen3_next", 2, r, "eager") for r in (1, 2, 4)] + [(v, 2, 3, "compiled") for v in FAMILIES])
 
 
 def _id(case) -> str:
@@ -129,8 +133,8 @@ def test_import_starts_no_process_group():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (the nvidia-h200-x2 kind)")
 def test_two_gpus_nccl_match_one_process():
     """The CPU cases on 2 GPUs over nccl, plus a compiled decode step captured in a CUDA graph with its all-reduce."""
-    reports = spawn(tp_worker.check_cases, 2, CASES_2, True, device="cuda", timeout_s=900, collective_timeout_s=300)
-    for case in CASES_2:
+    reports = spawn(tp_worker.check_cases, 2, CASES_CUDA, True, device="cuda", timeout_s=900, collective_timeout_s=300)
+    for case in CASES_CUDA:
         _check(reports, case)
     assert [rep["demo"] for rep in reports] == [True, True]
     reports = spawn(tp_worker.check_cuda_graph, 2, device="cuda", timeout_s=600, collective_timeout_s=300)

@@ -3,6 +3,7 @@
 #   device.run: bash tools/gpu_check.sh [tests|bench|all]   (carry .whl for wheels the image lacks)
 #   TESTS="tests/test_a.py ..." and BENCHES="bench/bench_a.py ..." narrow a run;
 #   TESTS_S / FLA_TESTS_S / BENCH_S cap each pytest run or benchmark in seconds, so a hang still leaves its log in $OUT
+#   FLA_TESTS=none skips the run with flash-linear-attention importable
 #   XDIST=N runs the test files over N pytest-xdist workers (default 8; 0 for none)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +49,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   done
   # again with flash-linear-attention importable: the ops whose cuda kernels then come from fla
   # (these tests never build a transformers layer, which would switch to fla's kernels itself)
-  if [ -d /tmp/site_fla ]; then
+  if [ -d /tmp/site_fla ] && [ "${FLA_TESTS:-}" != none ]; then
     GDN_FX_FLA=1 PYTHONPATH=$PYTHONPATH:/tmp/site_fla GDN_FX_TEST_DEVICE=cuda timeout ${FLA_TESTS_S:-3000} \
       python3 -m pytest -q -rfE -p no:cacheprovider ${FLA_TESTS:--m gpu tests/test_fla_wrapper.py tests/test_core_cuda.py} \
       "${@:2}" 2>&1 | tee "$OUT/tests_fla.log"
