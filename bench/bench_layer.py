@@ -3,14 +3,18 @@
 Decode steps at B = 1, 8, 32, 256 (plain decodes, shuffled slots, captured in a CUDA graph) and a
 prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths on the host), for
   eager          layer.forward_serving as written (plain PyTorch around the gdn_fx ops)
-  stock_compile  torch.compile(..., backend="inductor")
-  gdn_fx         torch.compile(..., backend="gdn_fx"): the unpack and norm-gate passes
+  stock_compile  layer.compile_serving(backend="inductor") (torch.compile, fullgraph, dynamic token count)
+  gdn_fx         layer.compile_serving(backend="gdn_fx"): the unpack and norm-gate passes
+  gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
+                 qkvz and ba GEMMs, interleaved groups, so the unpack pass has glue to fuse)
+The first three run the default layer: one merged input GEMM (rows [q, k, v, z, b, a]).
 Kernels are counted per step from the profiler, with their GPU time split into GEMMs (the
 cuBLAS/CUTLASS launches) and the rest. The byte
 floor is the weights, both state pools' rows of the batch (read and written) and the activations
 in and out, at the copy bandwidth measured in the same run.
 
     python bench/bench_layer.py --out bench/results
+    python bench/bench_layer.py --out bench/results --cases decode --variants eager,stock_compile,gdn_fx,gdn_fx_2gemm
 """
 
 import argparse
@@ -24,7 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import copy_bandwidth, device_info, event_time, graph_time, kernel_stats, save  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402
+from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
+
+VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_2gemm", "stock_compile_2gemm")
 
 HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
@@ -41,25 +48,36 @@ def floor_bytes(layer, B: int, tokens: int) -> int:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--out", default="bench/results", help="folder of layer.json (default: %(default)s)")
+    ap.add_argument("--cases", default="decode,prefill", help="decode and/or prefill (default: %(default)s)")
+    ap.add_argument("--variants", default="eager,stock_compile,gdn_fx,gdn_fx_2gemm",
+                    help=f"comma-separated, of {','.join(VARIANTS)} (default: %(default)s)")
     args = ap.parse_args()
     bw = copy_bandwidth()
     torch.manual_seed(0)
-    layer = Qwen3NextGatedDeltaNet(hidden_size=HIDDEN, num_k_heads=NK, num_v_heads=NV, head_k_dim=DK, head_v_dim=DV,
-                                   device="cuda", dtype=torch.bfloat16).eval().requires_grad_(False)
-    with torch.no_grad():
-        layer.norm.weight.normal_(1, 0.2)
-    fns = {
-        "eager": layer.forward_serving,
-        "stock_compile": torch.compile(layer.forward_serving, backend="inductor", fullgraph=True),
-        "gdn_fx": torch.compile(layer.forward_serving, backend="gdn_fx", fullgraph=True),
+    layers = {}
+    for merged in (True, False):  # the same checkpoint in both layouts
+        layer = Qwen3NextGatedDeltaNet(hidden_size=HIDDEN, num_k_heads=NK, num_v_heads=NV, head_k_dim=DK,
+                                       head_v_dim=DV, merge_projections=merged, device="cuda", dtype=torch.bfloat16)
+        layer.load_hf_state_dict(random_hf_state_dict(layer))
+        layers[merged] = layer.eval().requires_grad_(False)
+    layer = layers[True]
+    makers = {
+        "eager": lambda: layer.forward_serving,
+        "stock_compile": lambda: layer.compile_serving(backend="inductor"),
+        "gdn_fx": lambda: layer.compile_serving(backend="gdn_fx"),
+        "gdn_fx_2gemm": lambda: layers[False].compile_serving(backend="gdn_fx"),
+        "stock_compile_2gemm": lambda: layers[False].compile_serving(backend="inductor"),
     }
+    fns = {name: makers[name]() for name in args.variants.split(",")}
     rows = []
     max_slots = 2 * max(max(BATCHES), PREFILL[0])
     conv_state, ssm_state = layer.allocate_state(max_slots)
     conv_state.normal_()
     ssm_state.normal_(0, 0.1)
-    cases = [("decode", B, 1) for B in BATCHES] + [("prefill", *PREFILL)]
+    kinds = args.cases.split(",")
+    cases = ([("decode", B, 1) for B in BATCHES] if "decode" in kinds else []) + (
+        [("prefill", *PREFILL)] if "prefill" in kinds else [])
     for kind, B, L in cases:
         slots = torch.randperm(max_slots, generator=torch.Generator().manual_seed(B))[:B].tolist()
         computed = 7 if kind == "decode" else 0
@@ -88,7 +106,8 @@ def main():
                 print(f"{kind:7s} B={B:4d} L={L:5d} {name:14s} kernels={len(stats):3d} (gemm {len(gemms)}, other "
                       f"{len(others)}) {t * 1e6:9.1f} us  {t / floor:5.2f}x floor ({floor * 1e6:.1f} us); GPU: gemm "
                       f"{gemm_us:.1f} us, other {other_us:.1f} us", flush=True)
-    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows}
+    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows,
+               "note": "eager, stock_compile, gdn_fx: one merged input GEMM; *_2gemm: the checkpoint's two"}
     print("wrote", save(args.out, "layer.json", payload))
 
 

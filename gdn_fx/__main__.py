@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--device", default=default_device, help="cpu or cuda (cuda when a CUDA device is present)")
         p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="parameter and activation dtype")
+        p.add_argument("--unmerged", action="store_true",
+                       help="layers with the checkpoint's input projections (merge_projections=False) instead of "
+                            "one merged input GEMM; Qwen3-Next's interleaved glue is then there for the unpack pass")
         return p
 
     demo = common(sub.add_parser(
@@ -166,13 +169,14 @@ def main(argv=None) -> int:
     if args.cmd == "report":
         from gdn_fx.report import report
 
-        report(args.variant, args.device, DTYPES[args.dtype])
+        report(args.variant, args.device, DTYPES[args.dtype], merge_projections=not args.unmerged)
         return 0
     if args.cmd == "dump":
         from gdn_fx.dump import dump
 
         try:
-            paths = dump(args.variant, getattr(args, "out", None) or os.path.join("dumps", args.variant), args.device, DTYPES[args.dtype])
+            paths = dump(args.variant, getattr(args, "out", None) or os.path.join("dumps", args.variant), args.device,
+                         DTYPES[args.dtype], merge_projections=not args.unmerged)
         except ValueError as e:
             print(f"{prog}: {e}", file=sys.stderr)
             return 2
@@ -182,7 +186,8 @@ def main(argv=None) -> int:
     if args.cmd == "demo":
         from gdn_fx import demo as demo_mod
 
-        result = demo_mod.run(args.variant, args.device, args.backend, DTYPES[args.dtype])
+        result = demo_mod.run(args.variant, args.device, args.backend, DTYPES[args.dtype],
+                              merge_projections=not args.unmerged)
         tol = 1e-4 if args.dtype == "fp32" else 5e-2
         ok = result["max_abs_diff"] <= tol
         print(f"demo {'OK' if ok else 'FAILED'}: compiled matches eager within {tol:g}")
@@ -190,7 +195,7 @@ def main(argv=None) -> int:
             from gdn_fx.report import report
 
             print("\nfusion report (python -m gdn_fx report):")
-            report([args.variant], args.device, DTYPES[args.dtype])
+            report([args.variant], args.device, DTYPES[args.dtype], merge_projections=not args.unmerged)
         return 0 if ok else 1
     return 2
 

@@ -24,9 +24,9 @@ def small_config(variant: str):
         return SimpleNamespace(**fields)
 
 
-def random_layer(variant: str, device, dtype, seed: int = 0):
+def random_layer(variant: str, device, dtype, seed: int = 0, **layer_kwargs):
     torch.manual_seed(seed)
-    layer = get_layer(variant).from_hf_config(small_config(variant), device=device, dtype=dtype)
+    layer = get_layer(variant).from_hf_config(small_config(variant), device=device, dtype=dtype, **layer_kwargs)
     with torch.no_grad():
         for name, p in layer.named_parameters():
             if name in ("A_log", "dt_bias"):
@@ -66,8 +66,8 @@ STEPS = [
 
 
 def run(variant: str = "qwen3_next", device: str = "cpu", backend: str = "gdn_fx", dtype=torch.float32,
-        log=print) -> dict:
-    layer = random_layer(variant, device, dtype)
+        log=print, merge_projections: bool = True) -> dict:
+    layer = random_layer(variant, device, dtype, merge_projections=merge_projections)
     log(f"layer: {type(layer).__name__}({layer.extra_repr()}) on {device}, {dtype}")
     compiled = torch.compile(layer.forward_serving, backend=backend, fullgraph=True, dynamic=True)
     eager_pools = tuple(p.normal_() for p in layer.allocate_state(8))

@@ -47,7 +47,7 @@ def _claim(out_dir: str, variant: str) -> None:
             os.remove(os.path.join(out_dir, f))
 
 
-def dump(variant: str, out_dir: str, device="cpu", dtype=torch.float32) -> list[str]:
+def dump(variant: str, out_dir: str, device="cpu", dtype=torch.float32, merge_projections: bool = True) -> list[str]:
     """Compiles ``variant``'s forward_serving with the gdn_fx backend into ``out_dir``; -> files written.
     Raises ValueError when ``out_dir`` holds another variant's dump (one variant per folder)."""
     import depyf
@@ -57,7 +57,7 @@ def dump(variant: str, out_dir: str, device="cpu", dtype=torch.float32) -> list[
     _claim(out_dir, variant)
     with open(os.path.join(out_dir, MARKER), "w") as f:
         json.dump({"variant": variant, "device": str(device), "dtype": str(dtype)}, f)
-    layer = random_layer(variant, device, dtype)
+    layer = random_layer(variant, device, dtype, merge_projections=merge_projections)
     status = pass_status(device)
     graphs = []
 

@@ -69,12 +69,13 @@ def layer_report(variant: str, layer, device) -> LayerReport:
                        dict(before - after), dict(after - before))
 
 
-def report(variants=("qwen3_next", "qwen3_5", "olmo_hybrid"), device="cpu", dtype=torch.float32, log=print):
+def report(variants=("qwen3_next", "qwen3_5", "olmo_hybrid"), device="cpu", dtype=torch.float32, log=print,
+           merge_projections: bool = True):
     from gdn_fx.demo import random_layer
 
     out = []
     for v in variants:
-        r = layer_report(v, random_layer(v, device, dtype), device)
+        r = layer_report(v, random_layer(v, device, dtype, merge_projections=merge_projections), device)
         for line in r.lines():
             log(line)
         out.append(r)

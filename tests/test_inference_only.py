@@ -12,10 +12,10 @@ from gdn_fx import Request, build_metadata
 HIDDEN = 48  # conftest's hidden size
 one_ratio = pytest.mark.parametrize("ratio", [2], ids=lambda r: f"R{r}")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-UPSTREAM = {"qwen3_next": ["in_proj_qkvz.weight", "in_proj_ba.weight"],
-            "qwen3_5": ["in_proj_qkvz.weight", "in_proj_ba.weight"],
+UPSTREAM = {"qwen3_next": ["in_proj.weight"],
+            "qwen3_5": ["in_proj.weight"],
             "qwen3_5_split": ["in_proj_qkv.weight", "in_proj_z.weight", "in_proj_b.weight", "in_proj_a.weight"],
-            "olmo_hybrid": ["in_proj_qkvg.weight", "b_proj.weight", "a_proj.weight"]}
+            "olmo_hybrid": ["in_proj.weight"]}
 
 
 @one_ratio

@@ -159,6 +159,46 @@ def test_tensor_parallel_ranks_sum_to_full(make_layer):
         torch.testing.assert_close(ssm_ranks, pools[0][1][[4, 1]], **TOL)
 
 
+INPUT_PROJECTIONS = {"qwen3_next": ["in_proj"], "qwen3_5": ["in_proj"], "olmo_hybrid": ["in_proj"],
+                     "qwen3_5_split": ["in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"]}
+UNMERGED = {"qwen3_next": ["in_proj_qkvz", "in_proj_ba"], "qwen3_5": ["in_proj_qkvz", "in_proj_ba"],
+            "olmo_hybrid": ["in_proj_qkvg", "b_proj", "a_proj"],
+            "qwen3_5_split": ["in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"]}
+
+
+def _input_projections(layer):
+    return [n for n, m in layer.named_children() if isinstance(m, torch.nn.Linear) and n != "out_proj"]
+
+
+@one_ratio
+def test_one_input_projection_by_default(variant, make_layer):
+    """Every family runs one input GEMM by default: the checkpoint's projections stacked at load."""
+    assert _input_projections(make_layer()) == INPUT_PROJECTIONS[variant]
+
+
+@pytest.mark.parametrize("ratio", [1, 3], ids=lambda r: f"R{r}")
+def test_unmerged_projections_match_hf(variant, from_config, hf_config, hf_layer):
+    """merge_projections=False (the checkpoint's projections kept apart: OLMo-Hybrid's b/a in their own
+    precision, say) matches transformers, and so do its tensor-parallel ranks' partial sums."""
+    def load(**kw):
+        layer = from_config(hf_config, merge_projections=False, **kw)
+        layer.load_hf_state_dict(hf_layer.state_dict())
+        return layer.eval().requires_grad_(False)
+
+    layer = load()
+    assert _input_projections(layer) == UNMERGED[variant]
+    x = torch.randn(2, 37, HIDDEN)
+    torch.testing.assert_close(layer(x), hf_layer(x), **TOL)
+    ranks = [load(tp_size=2, tp_rank=r) for r in range(2)]
+    torch.testing.assert_close(ranks[0](x) + ranks[1](x), hf_layer(x), **TOL)
+
+
+def test_split_and_merged_projections_conflict():
+    with pytest.raises(ValueError, match="split_projections=True .* merge_projections=True"):
+        get_layer("qwen3_5")(hidden_size=HIDDEN, num_k_heads=2, num_v_heads=4, head_k_dim=8, head_v_dim=8,
+                             split_projections=True, merge_projections=True)
+
+
 @one_ratio
 def test_load_rejects_bad_state_dict(hf_layer, make_layer):
     layer = make_layer()

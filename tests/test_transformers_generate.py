@@ -82,6 +82,14 @@ def test_greedy_batch1_matches_hf(hf_model):
     assert_same_tokens(greedy(_patched(hf_model), ids), greedy(hf_model, ids))
 
 
+def test_greedy_unmerged_projections_match_hf(hf_model):
+    """patch_model(merge_projections=False): the checkpoint's projections kept apart, same tokens."""
+    ids, _ = left_padded([13], seed=1)
+    patched = _patched(hf_model, merge_projections=False)
+    assert not any(n.endswith(".in_proj.weight") for n, _ in patched.named_parameters())
+    assert_same_tokens(greedy(patched, ids), greedy(hf_model, ids))
+
+
 def test_greedy_left_padded_batch3_matches_hf(hf_model):
     """Prompts of 5, 17 and 9 tokens: the padding never enters the state (the rows are the same as alone)."""
     ids, mask = left_padded([5, 17, 9], seed=2)

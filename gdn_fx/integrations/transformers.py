@@ -192,14 +192,17 @@ def gdn_modules(model: nn.Module) -> list[tuple[str, str]]:
             if type(m).__name__ in FAMILIES and not type(m).__module__.startswith("gdn_fx.")]
 
 
-def patch_model(model: nn.Module, *, backend: str | Callable | None = None, compile_options: dict | None = None):
+def patch_model(model: nn.Module, *, backend: str | Callable | None = None, compile_options: dict | None = None,
+                merge_projections: bool = True):
     """Swaps every GDN module of a transformers Qwen3-Next, Qwen3.5 (dense, MoE, multimodal) or OLMo-Hybrid
     model for a ``TransformersGatedDeltaNet`` running the gdn_fx layer; returns the model (changed in place).
 
     backend: None runs the layers eagerly; a torch.compile backend (e.g. "gdn_fx") compiles each
     layer's ``forward_serving`` (``GatedDeltaNet.compile_serving``: fullgraph, dynamic token count;
     every layer shares the graphs, one for one-token steps and one for longer ones). compile_options
-    go to torch.compile's ``options`` (for "gdn_fx": ``{"passes": [...]}``).
+    go to torch.compile's ``options`` (for "gdn_fx": ``{"passes": [...]}``). merge_projections: the
+    layers' one merged input GEMM (default), or False for the checkpoint's projections (e.g. OLMo-Hybrid's
+    b/a kept apart, in their own precision).
 
     The gdn_fx layers take the modules' weight tensors (their dtype, device and requires_grad);
     the original modules are dropped. Inference only (the layers raise when autograd would need
@@ -221,11 +224,12 @@ def patch_model(model: nn.Module, *, backend: str | Callable | None = None, comp
     for name, family in found:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, attr, _convert(getattr(parent, attr), family, config, plans, backend, compile_options))
+        setattr(parent, attr, _convert(getattr(parent, attr), family, config, plans, backend, compile_options,
+                                       merge_projections))
     return model
 
 
-def _convert(module: nn.Module, family: str, config, plans: _Plans, backend, compile_options):
+def _convert(module: nn.Module, family: str, config, plans: _Plans, backend, compile_options, merge_projections):
     """One transformers GDN module -> TransformersGatedDeltaNet holding its tensors."""
     sd = module.state_dict()
     where = {(t.device, t.dtype) for t in sd.values()}
@@ -234,7 +238,7 @@ def _convert(module: nn.Module, family: str, config, plans: _Plans, backend, com
                          "accelerate hooks (device_map with offload); load the model fully onto one device")
     if len({d for d, _ in where}) != 1:
         raise ValueError(f"patch_model: layer {module.layer_idx} has weights on several devices: {sorted(map(str, where))}")
-    layer = get_layer(family).from_hf_config(config, device="meta")
+    layer = get_layer(family).from_hf_config(config, device="meta", merge_projections=merge_projections)
     layer.load_hf_state_dict(sd, assign=True)
     requires_grad = any(p.requires_grad for p in module.parameters())
     layer.requires_grad_(requires_grad).eval()

@@ -93,6 +93,18 @@ class GatedDeltaNet(nn.Module):
         z: [T, NV, DV], b: [T, NV], a: [T, NV]. Plain PyTorch only: a compiler pass matches this glue."""
         raise NotImplementedError
 
+    def _split_merged(self, projected: torch.Tensor):
+        """The one input GEMM's output of a merged layer (``merge_projections=True``), projected:
+        [T, conv_dim + value_dim + 2*NV] with columns [q, k, v, z, b, a], each head-major, -> ``project``'s
+        (mixed_qkv, z, b, a). All four are views: no glue kernel is left between the GEMM and the core op
+        (which reads its inputs through their strides)."""
+        T, nv = projected.shape[0], self.num_v_heads
+        mixed_qkv, z, b, a = torch.split(projected, [self.conv_dim, self.value_dim, nv, nv], dim=-1)
+        return mixed_qkv, z.reshape(T, nv, self.head_v_dim), b, a
+
+    def _merged_rows(self) -> int:
+        return self.conv_dim + self.value_dim + 2 * self.num_v_heads
+
     def _hf_projection_shapes(self) -> dict[str, tuple[int, ...]]:
         """transformers key -> full (all ranks) shape, for the variant's input projections."""
         raise NotImplementedError

@@ -10,20 +10,26 @@ from gdn_fx.layers.registry import register_layer
 
 @register_layer("olmo_hybrid")
 class OlmoHybridGatedDeltaNet(GatedDeltaNet):
-    """in_proj_qkvg: [conv_dim + value_dim, hidden], the checkpoint's q_proj, k_proj, v_proj, g_proj
-    stacked at load. b_proj and a_proj stay separate, as in the checkpoint, so the gating scalars
-    can keep a higher precision than the big projection (e.g. when it is quantised).
+    """Default (merge_projections=True): in_proj: [conv_dim + value_dim + 2*NV, hidden], the checkpoint's
+    q_proj, k_proj, v_proj, g_proj, b_proj and a_proj stacked once at load (rows [q, k, v, g, b, a]):
+    one GEMM per step. merge_projections=False keeps in_proj_qkvg ([q, k, v, g]) and b_proj, a_proj
+    apart, as in the checkpoint, so the gating scalars can stay in a higher precision than the big
+    projection (e.g. when that one is quantised): three GEMMs.
     Checkpoint names o_proj / o_norm map to out_proj / norm."""
 
     hf_norm_key = "o_norm.weight"
     hf_out_proj_key = "o_proj.weight"
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, merge_projections: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.merge_projections = merge_projections
         factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype, "bias": False}
-        self.in_proj_qkvg = nn.Linear(self.hidden_size, self.conv_dim + self.value_dim, **factory)
-        self.b_proj = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
-        self.a_proj = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
+        if merge_projections:
+            self.in_proj = nn.Linear(self.hidden_size, self._merged_rows(), **factory)
+        else:
+            self.in_proj_qkvg = nn.Linear(self.hidden_size, self.conv_dim + self.value_dim, **factory)
+            self.b_proj = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
+            self.a_proj = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
 
     @classmethod
     def _hf_config_kwargs(cls, config):
@@ -33,6 +39,8 @@ class OlmoHybridGatedDeltaNet(GatedDeltaNet):
 
     def project(self, hidden_states: torch.Tensor):
         """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim], gate: [T, NV, DV], b, a: [T, NV]."""
+        if self.merge_projections:
+            return self._split_merged(self.in_proj(hidden_states))
         mixed_qkv, gate = torch.split(self.in_proj_qkvg(hidden_states), [self.conv_dim, self.value_dim], dim=-1)
         gate = rearrange(gate, "t (h d) -> t h d", d=self.head_v_dim)
         return mixed_qkv, gate, self.b_proj(hidden_states), self.a_proj(hidden_states)
@@ -55,6 +63,9 @@ class OlmoHybridGatedDeltaNet(GatedDeltaNet):
             self._value_rows(sd["v_proj.weight"]),
             self._value_rows(sd["g_proj.weight"]),
         ])
+        if self.merge_projections:
+            return {"in_proj.weight": torch.cat([qkvg, self._head_rows(sd["b_proj.weight"]),
+                                                 self._head_rows(sd["a_proj.weight"])])}
         return {
             "in_proj_qkvg.weight": qkvg,
             "b_proj.weight": self._head_rows(sd["b_proj.weight"]),

@@ -1,4 +1,4 @@
-"""Qwen3.5 GDN: flat [q, k, v] | z | b | a projections, fused at load into qkvz and ba by default."""
+"""Qwen3.5 GDN: flat [q, k, v] | z | b | a projections, merged at load into one input GEMM by default."""
 
 import torch
 from torch import nn
@@ -9,15 +9,22 @@ from gdn_fx.layers.registry import register_layer
 
 @register_layer("qwen3_5")
 class Qwen3_5GatedDeltaNet(GatedDeltaNet):
-    """Default: in_proj_qkvz: [conv_dim + value_dim, hidden] with rows [q, k, v, z] and
-    in_proj_ba: [2*NV, hidden] with rows [b, a] (two GEMMs per token).
-    split_projections=True keeps the checkpoint's in_proj_qkv, in_proj_z, in_proj_b, in_proj_a."""
+    """Default (merge_projections=True): in_proj: [conv_dim + value_dim + 2*NV, hidden] with rows
+    [q, k, v, z, b, a], the checkpoint's four projections stacked once at load: one GEMM per step.
+    merge_projections=False: in_proj_qkvz (rows [q, k, v, z]) and in_proj_ba (rows [b, a]), two GEMMs.
+    split_projections=True keeps the checkpoint's in_proj_qkv, in_proj_z, in_proj_b, in_proj_a (four)."""
 
-    def __init__(self, *, split_projections: bool = False, **kwargs):
+    def __init__(self, *, split_projections: bool = False, merge_projections: bool | None = None, **kwargs):
         super().__init__(**kwargs)
+        if split_projections and merge_projections:
+            raise ValueError("split_projections=True keeps the checkpoint's four projections: it cannot be "
+                             "combined with merge_projections=True")
         self.split_projections = split_projections
+        self.merge_projections = not split_projections if merge_projections is None else merge_projections
         factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype, "bias": False}
-        if split_projections:
+        if self.merge_projections:
+            self.in_proj = nn.Linear(self.hidden_size, self._merged_rows(), **factory)
+        elif split_projections:
             self.in_proj_qkv = nn.Linear(self.hidden_size, self.conv_dim, **factory)
             self.in_proj_z = nn.Linear(self.hidden_size, self.value_dim, **factory)
             self.in_proj_b = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
@@ -28,6 +35,8 @@ class Qwen3_5GatedDeltaNet(GatedDeltaNet):
 
     def project(self, hidden_states: torch.Tensor):
         """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim], z: [T, NV, DV], b, a: [T, NV]."""
+        if self.merge_projections:
+            return self._split_merged(self.in_proj(hidden_states))
         if self.split_projections:
             return self._project_split(hidden_states)
         return self._project_fused(hidden_states)
@@ -59,6 +68,8 @@ class Qwen3_5GatedDeltaNet(GatedDeltaNet):
         z = self._value_rows(sd["in_proj_z.weight"])
         b = self._head_rows(sd["in_proj_b.weight"])
         a = self._head_rows(sd["in_proj_a.weight"])
+        if self.merge_projections:
+            return {"in_proj.weight": torch.cat([qkv, z, b, a])}
         if self.split_projections:
             return {"in_proj_qkv.weight": qkv, "in_proj_z.weight": z, "in_proj_b.weight": b, "in_proj_a.weight": a}
         return {"in_proj_qkvz.weight": torch.cat([qkv, z]), "in_proj_ba.weight": torch.cat([b, a])}

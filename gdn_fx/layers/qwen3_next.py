@@ -1,4 +1,5 @@
-"""Qwen3-Next GDN: one fused qkvz and one fused ba projection, interleaved per key-head group."""
+"""Qwen3-Next GDN: the checkpoint's qkvz and ba projections (interleaved per key-head group), merged at
+load into one input GEMM."""
 
 import torch
 from torch import nn
@@ -12,16 +13,29 @@ class Qwen3NextGatedDeltaNet(GatedDeltaNet):
     """in_proj_qkvz: [NK * (2*DK + 2*R*DV), hidden], per key-head group g the rows
     [q_g (DK), k_g (DK), v_g (R*DV), z_g (R*DV)]; in_proj_ba: [NK * 2R, hidden], per group
     [b_g (R), a_g (R)], with R = NV / NK. The checkpoint layout is kept, so a rank's heads are
-    a contiguous block of groups."""
+    a contiguous block of groups.
 
-    def __init__(self, **kwargs):
+    merge_projections=True (default): one ``in_proj: [conv_dim + value_dim + 2*NV, hidden]`` with rows
+    [q, k, v, z, b, a], each head-major: the two checkpoint projections stacked and their per-group
+    interleave undone once, at load (a permutation of weight rows, so every output column is the same
+    dot product). A step then runs one input GEMM and no glue kernel: the core op reads q, k, v, b and
+    a through the strides of that output. False keeps the checkpoint layout (two GEMMs, and the
+    interleave undone per step by the glue below, which the unpack pass fuses into one kernel)."""
+
+    def __init__(self, *, merge_projections: bool = True, **kwargs):
         super().__init__(**kwargs)
-        factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype}
-        self.in_proj_qkvz = nn.Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, bias=False, **factory)
-        self.in_proj_ba = nn.Linear(self.hidden_size, 2 * self.num_v_heads, bias=False, **factory)
+        self.merge_projections = merge_projections
+        factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype, "bias": False}
+        if merge_projections:
+            self.in_proj = nn.Linear(self.hidden_size, self._merged_rows(), **factory)
+        else:
+            self.in_proj_qkvz = nn.Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, **factory)
+            self.in_proj_ba = nn.Linear(self.hidden_size, 2 * self.num_v_heads, **factory)
 
     def project(self, hidden_states: torch.Tensor):
         """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim], z: [T, NV, DV], b, a: [T, NV]."""
+        if self.merge_projections:
+            return self._split_merged(self.in_proj(hidden_states))
         T = hidden_states.shape[0]
         r = self.num_v_heads // self.num_k_heads
         qkvz = self.in_proj_qkvz(hidden_states).view(T, self.num_k_heads, -1)
@@ -40,10 +54,14 @@ class Qwen3NextGatedDeltaNet(GatedDeltaNet):
         }
 
     def _convert_projections(self, sd):
-        return {
-            "in_proj_qkvz.weight": self._group_rows(sd["in_proj_qkvz.weight"]),
-            "in_proj_ba.weight": self._group_rows(sd["in_proj_ba.weight"]),
-        }
+        qkvz, ba = self._group_rows(sd["in_proj_qkvz.weight"]), self._group_rows(sd["in_proj_ba.weight"])
+        if not self.merge_projections:
+            return {"in_proj_qkvz.weight": qkvz, "in_proj_ba.weight": ba}
+        r, dk, dv = self.num_v_heads // self.num_k_heads, self.head_k_dim, self.head_v_dim
+        # [NK groups, rows per group, hidden] -> each part over all groups, head-major
+        q, k, v, z = qkvz.unflatten(0, (self.num_k_heads, -1)).split([dk, dk, r * dv, r * dv], dim=1)
+        b, a = ba.unflatten(0, (self.num_k_heads, -1)).split([r, r], dim=1)
+        return {"in_proj.weight": torch.cat([t.flatten(0, 1) for t in (q, k, v, z, b, a)])}
 
     def _group_rows(self, w: torch.Tensor) -> torch.Tensor:
         """w: [NK_total * per_group, hidden] -> this rank's contiguous block of key-head groups."""
