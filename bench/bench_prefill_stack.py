@@ -7,7 +7,8 @@ from a state). Variants, all in the same run:
   eager          the stack's forward as written (plain PyTorch around the gdn_fx ops)
   stock_compile  torch.compile(stack, fullgraph=True, dynamic=True), Inductor as shipped
   gdn_fx         the same with backend="gdn_fx" (the unpack and norm-gate passes)
-  fla_engine     the same GEMMs around flash-linear-attention as an engine would call it today: the
+  fla_engine     flash-linear-attention as an engine would call it today: the checkpoint's two input
+                 GEMMs (qkvz and ba, weights of its own; the gdn_fx layers run one merged GEMM), the
                  projection glue compiled by Inductor, fla's causal_conv1d and chunk_gated_delta_rule
                  (gate, beta and q/k L2 norm in kernel; cu_seqlens, their CPU copy and the chunk
                  indices prepared once per step), fla's FusedRMSNormGated; dense states (no pool
@@ -71,6 +72,10 @@ def fla_engine(stack: Stack):
         x = torch.cat([q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)], dim=-1)
         return x, z.reshape(T, NV, DV), b.reshape(T, NV), a.reshape(T, NV)
 
+    # the checkpoint's layout, as engines hold it: qkvz interleaved per key-head group, and ba
+    scale = HIDDEN**-0.5
+    proj = [(torch.randn(NK * (2 * DK + 2 * R * DV), HIDDEN, device="cuda", dtype=torch.bfloat16) * scale,
+             torch.randn(2 * NV, HIDDEN, device="cuda", dtype=torch.bfloat16) * scale) for _ in stack.layers]
     norms = []
     for layer in stack.layers:
         norm = FusedRMSNormGated(DV, eps=1e-6, activation="silu", device="cuda", dtype=torch.bfloat16)
@@ -78,9 +83,9 @@ def fla_engine(stack: Stack):
         norms.append(norm)
 
     def run(h, states, m):
-        for layer, norm, (conv0, h0) in zip(stack.layers, norms, states):
+        for layer, (w_qkvz, w_ba), norm, (conv0, h0) in zip(stack.layers, proj, norms, states):
             T = h.shape[0]
-            x, z, b, a = glue(F.linear(h, layer.in_proj_qkvz.weight), F.linear(h, layer.in_proj_ba.weight))
+            x, z, b, a = glue(F.linear(h, w_qkvz), F.linear(h, w_ba))
             y, _ = causal_conv1d(x[None], weight=layer.conv_weight, activation="silu", initial_state=conv0,
                                  output_final_state=True, cu_seqlens=m["cu"], cu_seqlens_cpu=m["cu_cpu"])
             q, k, v = y[0].split([NK * DK, NK * DK, NV * DV], -1)

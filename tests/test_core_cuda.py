@@ -39,10 +39,14 @@ CHECK = textwrap.dedent("""
         meta = build_metadata(reqs, num_slots=40, num_spec=S - 1, pad_to=sum(r.num_new_tokens for r in reqs) + 3)
         T = meta.query_start_loc.shape[0] - 1
         rnd = lambda *s: torch.randn(*s, generator=g)
-        wide = rnd(T, D + 16).to(torch.bfloat16)
-        x = wide[:, 8 : 8 + D]  # mixed_qkv read in place from a wider projection output
-        ba = rnd(T, 2 * NV).to(torch.bfloat16)
-        b, a = ba[:, :NV], ba[:, NV:]
+        # the inputs are views, read in place (moved to DEV as whole buffers, so the strides stay):
+        if i % 2 == 0:  # the layers' merged projection output [q, k, v | z | b, a], every input a view of it
+            bufs = [rnd(T, D + NV * DV + 2 * NV).to(torch.bfloat16)]
+            views = lambda m: (m[:, :D], m[:, D + NV * DV : D + NV * DV + NV], m[:, D + NV * DV + NV :])
+        else:  # mixed_qkv at an offset inside a wider output, b and a from their own [T, 2 NV] output
+            bufs = [rnd(T, D + 16).to(torch.bfloat16), rnd(T, 2 * NV).to(torch.bfloat16)]
+            views = lambda m, ba: (m[:, 8 : 8 + D], ba[:, :NV], ba[:, NV:])
+        x, b, a = views(*bufs)
         w, A_log, dt = 0.5 * rnd(D, W), rnd(NV), rnd(NV)
         conv, ssm = rnd(40, D, W - 1 + S - 1).to(torch.bfloat16), 0.1 * rnd(40, NV, DK, DV)
         neg = R == 3
@@ -54,7 +58,9 @@ CHECK = textwrap.dedent("""
         got = torch.full((T, NV, DV), float("nan"), dtype=torch.bfloat16, device=DEV)
         dpools = [conv.to(DEV), ssm.to(DEV)]
         planned = i % 2 == 0  # odd cases: hand-built metadata without a chunk plan (lengths read from the device)
-        gdn_core_cuda(x.to(DEV), b.to(DEV), a.to(DEV), w.to(torch.bfloat16).to(DEV), None, A_log.to(DEV), dt.to(DEV),
+        dx, db, da = views(*[t.to(DEV) for t in bufs])
+        assert dx.stride(0) == x.stride(0) and db.stride(0) == b.stride(0), "the views' strides"
+        gdn_core_cuda(dx, db, da, w.to(torch.bfloat16).to(DEV), None, A_log.to(DEV), dt.to(DEV),
                       *dpools, got, dm.query_start_loc, dm.state_indices, dm.has_initial_state,
                       dm.num_accepted_tokens, dm.plan, NK, DK, neg, dm.chunk_plan if planned else None)
         case = f"DK={DK} DV={DV} R={R} lens={lens} planned={planned}"
