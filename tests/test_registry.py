@@ -74,5 +74,8 @@ def test_mutating_op_bumps_versions_without_torchs_quadratic_path(name, monkeypa
     before = [t._version for t in written]
     with torch.no_grad():
         getattr(torch.ops.gdn_fx, name)(*args)
-    assert not calls
     assert all(t._version > v for t, v in zip(written, before))
+    if torch.torch_version.TorchVersion(torch.__version__) >= (2, 13):  # an earlier torch may refuse the override
+        assert registry.get(name).own_version_bump
+    if registry.get(name).own_version_bump:
+        assert not calls

@@ -29,6 +29,8 @@ class OpEntry:
     reference: Callable
     validate: Callable | None
     kernels: dict[str, Callable] = dataclasses.field(default_factory=dict)
+    # a mutating op's ADInplaceOrView kernel is the registry's own (see _register_version_bump)
+    own_version_bump: bool = False
 
     @property
     def qualname(self) -> str:
@@ -76,22 +78,21 @@ def define(name: str, *, mutates_args: tuple[str, ...], validate: Callable | Non
         op = torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=mutates_args)(
             _guarded(reference, validate)
         )
-        if mutates_args:
-            _register_version_bump(op, name)
-        entry = OpEntry(name=name, op=op, reference=reference, validate=validate)
+        entry = OpEntry(name=name, op=op, reference=reference, validate=validate,
+                        own_version_bump=bool(mutates_args) and _register_version_bump(op, name))
         _OPS[name] = entry
         return entry
 
     return deco
 
 
-def _register_version_bump(op, name: str) -> None:
+def _register_version_bump(op, name: str) -> bool:
     """Replace custom_op's ADInplaceOrView kernel (it bumps the version counters of the tensors the op
     writes) with one that reads the written arguments' positions from a list made once here. torch's
     own rebuilds the schema's argument list for every argument it looks at (``fill_defaults``):
     quadratic in the argument count: 140 us per ``gdn_core`` call (19 arguments) on a 2-core CI CPU, paid on
     every call outside inference mode, eager and compiled alike. Where this torch refuses the
-    registration, its own kernel stays (slower, same result)."""
+    registration, its own kernel stays (slower, same result) and this returns False."""
     overload = op._opoverload
     written = [(i, a.name) for i, a in enumerate(overload._schema.arguments)
                if a.alias_info is not None and a.alias_info.is_write]
@@ -111,8 +112,9 @@ def _register_version_bump(op, name: str) -> None:
 
     try:
         op._lib.impl(name, inplace_or_view, "ADInplaceOrView", with_keyset=True)
-    except (AttributeError, RuntimeError):
-        pass
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    return True
 
 
 def register_kernel(name: str, device_type: str, fn: Callable) -> Callable:
