@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
+from gdn_fx.distributed.tp_demo import random_matching_pools
+
 HIDDEN, DK, DV, W = 48, 24, 40, 4  # head dims that are no powers of two, as in conftest
 NUM_SPEC, SLOTS = 2, 15
 # fp32: the all-reduce sums the partial out_proj products in another order, and on cuda the rank's
@@ -70,12 +72,7 @@ def run_case(variant: str, num_k_heads: int, ratio: int, mode: str, device, dtyp
 
     full, tp = _layers(variant, num_k_heads, ratio, device, dtype)
     gen = torch.Generator().manual_seed(1)
-    full_pools = full.allocate_state(SLOTS, num_spec=NUM_SPEC)
-    for p in full_pools:
-        p.copy_(torch.randn(p.shape, generator=gen))
-    tp_pools = tp.allocate_state(SLOTS, num_spec=NUM_SPEC)
-    for p, q in zip(tp_pools, tp.shard_state(*full_pools)):
-        p.copy_(q)
+    full_pools, tp_pools = random_matching_pools(full, tp, SLOTS, NUM_SPEC, gen)
     step = tp.forward_serving
     if mode == "compiled":
         from gdn_fx import make_backend
@@ -164,12 +161,7 @@ def check_cuda_graph(rank: int, world_size: int, device, rows: int = 8) -> list[
 
     full, tp = _layers("qwen3_next", 2, 3, device, torch.float32)
     gen = torch.Generator().manual_seed(2)  # the same batches and inputs on every rank
-    full_pools = full.allocate_state(SLOTS)
-    for p in full_pools:
-        p.copy_(torch.randn(p.shape, generator=gen))
-    tp_pools = tp.allocate_state(SLOTS)
-    for p, q in zip(tp_pools, tp.shard_state(*full_pools)):
-        p.copy_(q)
+    full_pools, tp_pools = random_matching_pools(full, tp, SLOTS, 0, gen)
 
     def batch(i):
         slots = torch.randperm(SLOTS, generator=gen)[: [rows, 3, rows - 1, 1][i % 4]].tolist()

@@ -43,6 +43,18 @@ def _steps():
 
 
 
+def random_matching_pools(full, tp, num_slots: int, num_spec: int, gen: torch.Generator):
+    """-> (pools of the whole layer ``full``, filled from ``gen``; this rank's pools of ``tp``, holding
+    their shard of the same state): the same start for the one-process reference and the ranks."""
+    full_pools = full.allocate_state(num_slots, num_spec=num_spec)
+    for p in full_pools:
+        p.copy_(torch.randn(p.shape, generator=gen))
+    tp_pools = tp.allocate_state(num_slots, num_spec=num_spec)
+    for p, q in zip(tp_pools, tp.shard_state(*full_pools)):
+        p.copy_(q)
+    return full_pools, tp_pools
+
+
 def _max_over_ranks(x: float, device) -> float:
     t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -74,12 +86,7 @@ def run_rank(rank: int, world_size: int, device: torch.device, opts: dict) -> bo
     if opts["backend"] != "eager":
         step = torch.compile(tp.forward_serving, backend=opts["backend"], fullgraph=True, dynamic=True)
     gen = torch.Generator().manual_seed(1)
-    full_pools = full.allocate_state(SLOTS, num_spec=NUM_SPEC)
-    for p in full_pools:
-        p.copy_(torch.randn(p.shape, generator=gen))
-    tp_pools = tp.allocate_state(SLOTS, num_spec=NUM_SPEC)
-    for p, q in zip(tp_pools, tp.shard_state(*full_pools)):
-        p.copy_(q)
+    full_pools, tp_pools = random_matching_pools(full, tp, SLOTS, NUM_SPEC, gen)
     ok, worst = True, 0.0
     with torch.no_grad():
         for title, requests in _steps():
