@@ -3,7 +3,9 @@
 Matches: a region of pure data movement (any spelling: view/reshape, split/chunk/
 narrow/slicing/unbind, cat, permute + contiguous, einops rearrange, expand)
 from projection outputs [T, C] to tensors that an opaque op (the core op)
-consumes, where the region copies data. Qwen3-Next, before::
+consumes, where the region copies data. The gdn_fx layers' default (merged) layout leaves no such
+glue: one GEMM whose output the core op reads through views. The pass serves layers in a checkpoint's
+layout (``merge_projections=False``) and layers users write. Qwen3-Next in its checkpoint layout, before::
 
     qkvz = mm(h, W_qkvz)                       ba = mm(h, W_ba)
     q, k, v, z = split(view(qkvz, [T, NK, -1]))  b, a = split(view(ba, [T, NK, 2R]))
