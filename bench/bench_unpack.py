@@ -139,7 +139,7 @@ def main():
             sweep.append({"T": T, "tile": tile, "us": t * 1e6, "bandwidth_pct": 100 * floor / t})
             best = min(best or (t, tile), (t, tile))
         print(f"sweep T={T}: best tile (block_t, block_c, warps, wide)={best[1]} {best[0] * 1e6:.1f} us "
-              f"{100 * floor / best[0]:.1f}%; launcher's {config(T)}", flush=True)
+              f"{100 * floor / best[0]:.1f}%; launcher's {config(T, sum(widths), x.device)}", flush=True)
     payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "one_kernel_replay_us": launch_floor * 1e6, "shape": {"NK": NK, "NV": NV, "DK": DK, "DV": DV},
                "rows": rows, "sweep": sweep}
     print("wrote", save(args.out, "unpack.json", payload))

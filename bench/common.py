@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from gdn_fx.tuning import timing
+
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written: the best
@@ -21,18 +23,7 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
 def graph_time(fn, reps: int = 20, inner: int = 50, warmup: int = 3) -> float:
     """Seconds per replay of ``fn`` captured in a CUDA graph: the median over ``reps`` timings of
     ``inner`` back-to-back replays (fn must be capturable)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(3):
-        g.replay()
-    return _median_time(g.replay, reps, inner)
+    return timing.graph_time(fn, reps, inner, warmup)
 
 
 def event_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
@@ -61,17 +52,7 @@ def host_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
 
 
 def _median_time(fn, reps: int, inner: int) -> float:
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / inner)
-    return statistics.median(times)
+    return timing.median_time(fn, reps, inner)
 
 
 def kernel_names(fn) -> list[str]:

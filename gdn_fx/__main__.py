@@ -1,4 +1,4 @@
-"""Command line: ``python -m gdn_fx demo | report | dump | bench | tp-demo``."""
+"""Command line: ``python -m gdn_fx demo | report | dump | bench | tune | tp-demo``."""
 
 import argparse
 import glob
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m gdn_fx", description=__doc__, formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"gdn_fx {__version__} (torch {torch.__version__})")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{demo,report,dump,bench,tp-demo}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{demo,report,dump,bench,tune,tp-demo}")
 
     def common(p):
         p.add_argument("--device", default=default_device, help="cpu or cuda (cuda when a CUDA device is present)")
@@ -144,9 +144,41 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument("--out", default="bench/results", help="folder of the JSONs and bench.png")
     ben.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of the benchmarks")
     ben.add_argument("--plot-only", action="store_true", help="only print the tables and render the JSONs in --out")
+    tun = sub.add_parser(
+        "tune", formatter_class=fmt, help="measure the fused kernels' configurations on this GPU into a file",
+        description="Times every candidate configuration of the fused kernels (core decode, norm-gate, unpack) at "
+                    "each size bucket on this CUDA device and writes the fastest per bucket as JSON. Point "
+                    "GDN_FX_TUNING at the file to use it; without it, the tables measured for this GPU model in "
+                    "gdn_fx/tuning/measured.py apply, else each kernel's rule of thumb. Nothing is tuned at run time.")
+    tun.add_argument("--out", default="gdn_fx_tuning.json", help="JSON file to write")
+    tun.add_argument("--kernels", default="core_decode,norm_gate,unpack", help="comma-separated subset")
+    tun.add_argument("--dims", default="16,32,128,128", help="NK,NV,DK,DV of the model (default: Qwen3-Next)")
     sub.add_parser("tp-demo", add_help=False,
                    help="a layer sharded over N ranks against one process (python -m gdn_fx tp-demo --help)")
     return parser
+
+
+def tune(args, parser, prog) -> int:
+    from gdn_fx.tuning import KERNELS
+    from gdn_fx.tuning.sweep import tune as run_tune
+
+    kernels = [k for k in args.kernels.split(",") if k]
+    if bad := sorted(set(kernels) - set(KERNELS)):
+        parser.error(f"--kernels: unknown kernel(s) {', '.join(bad)} (choose from {', '.join(KERNELS)})")
+    try:
+        NK, NV, DK, DV = (int(v) for v in args.dims.split(","))
+    except ValueError:
+        parser.error(f"--dims: want NK,NV,DK,DV (four integers), got {args.dims!r}")
+    if NV % NK:
+        parser.error(f"--dims: NV={NV} must be a multiple of NK={NK}")
+    if not torch.cuda.is_available():
+        print(f"{prog}: tuning times kernels on a CUDA device, and none is available", file=sys.stderr)
+        return 2
+    result = run_tune(kernels, NK, NV, DK, DV)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {args.out}: use it with GDN_FX_TUNING={args.out}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -163,6 +195,8 @@ def main(argv=None) -> int:
         if bad := sorted(set(only) - set(BENCHES)):
             parser.error(f"--only: unknown benchmark(s) {', '.join(bad)} (choose from {', '.join(BENCHES)})")
         return bench(args.out, only, args.plot_only)
+    if args.cmd == "tune":
+        return tune(args, parser, prog)
     if err := _device_error(args.device):
         print(f"{prog}: {err}", file=sys.stderr)
         return 2

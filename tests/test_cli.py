@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is de
               pytest.mark.filterwarnings("ignore:.*You are trying to debug `torch.compile`:UserWarning")]
 
 
-@pytest.mark.parametrize("cmd", ["demo", "report", "dump", "bench"])
+@pytest.mark.parametrize("cmd", ["demo", "report", "dump", "bench", "tune"])
 def test_help_describes_every_option_with_its_default(cmd, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([cmd, "--help"])
@@ -33,6 +33,25 @@ def test_help_describes_every_option_with_its_default(cmd, capsys):
     for block in blocks:
         if not block.lstrip().startswith("-h"):
             assert "(default:" in block, block
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--kernels", "core_decode,nope"], ["--kernels", "nope", "core_decode, norm_gate, unpack"]),
+    (["--dims", "16,32,128"], ["--dims", "NK,NV,DK,DV"]),
+    (["--dims", "3,32,128,128"], ["NV=32", "NK=3"]),
+])
+def test_tune_rejects_bad_arguments(args, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_tune_without_cuda_is_a_one_line_error(tmp_path, capsys):
+    assert main(["tune", "--out", str(tmp_path / "t.json")]) == 2
+    assert "CUDA device" in capsys.readouterr().err and not (tmp_path / "t.json").exists()
 
 
 def test_variant_choices_come_from_the_registry():

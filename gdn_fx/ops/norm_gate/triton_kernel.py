@@ -5,8 +5,9 @@ BLOCK_R rows. Each program reads its rows of x and z once (in place, through the
 group lies inside one inner row of x and of z), the weight slice, and writes y: [T, C]
 contiguous. Offsets are int64 only when a tensor passes 2^31 elements.
 
-TILE comes from a development sweep on an H100; ``bench/bench_norm_gate.py`` measures the kernel
-against eager and stock torch.compile.
+The tile comes from the table measured on the GPU it runs on (``gdn_fx.tuning``), else TILE
+elements per program; ``bench/bench_norm_gate.py`` measures the kernel against eager and stock
+torch.compile.
 """
 
 import math
@@ -15,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gdn_fx import tuning
 from gdn_fx.ops.norm_gate.reference import norm_gate_reference
 
 TILE = 1024  # elements per program, 256 per warp (BLOCK_R x BLOCK_D): from a sweep on an H100
@@ -68,11 +70,16 @@ def _span(t: torch.Tensor) -> int:
     return sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
 
 
-def config(rows: int, group_size: int) -> tuple[int, int, int]:
-    """(block_r, block_d, num_warps) for ``rows`` (token, group) rows of ``group_size`` channels."""
+def config(rows: int, group_size: int, device: torch.device | None = None) -> tuple[int, int, int]:
+    """(block_r, block_d, num_warps) for ``rows`` (token, group) rows of ``group_size`` channels: the
+    table measured on this GPU (``gdn_fx.tuning``), else TILE elements per program, 256 a warp."""
     block_d = triton.next_power_of_2(group_size)
     block_r = max(1, min(triton.next_power_of_2(rows), TILE // block_d))
-    return block_r, block_d, max(1, min(16, block_r * block_d // 256))
+    default = (block_r, max(1, min(16, block_r * block_d // 256)))
+    if device is not None:
+        block_r, warps = tuning.lookup("norm_gate", device, (group_size,), rows, default)
+        return max(1, min(block_r, triton.next_power_of_2(rows))), block_d, warps
+    return block_r, block_d, default[1]
 
 
 def norm_gate_triton(
@@ -90,7 +97,7 @@ def norm_gate_triton(
         return y
     eps = float(eps_tensor) if eps_tensor is not None else eps
     R = T * (C // group_size)
-    block_r, block_d, num_warps = tile or config(R, group_size)
+    block_r, block_d, num_warps = tile or config(R, group_size, x.device)
     idx64 = max(R * group_size, _span(x), _span(z)) >= 2**31
     _norm_gate_kernel[(triton.cdiv(R, block_r),)](
         x, z, weight.contiguous(), y, eps, R, *sx, *sz,

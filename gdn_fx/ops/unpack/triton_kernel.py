@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gdn_fx import tuning
 from gdn_fx.ops.unpack.reference import runs_per_output
 
 MAX_SOURCES = 4
@@ -169,11 +170,17 @@ def supports(sources: list[torch.Tensor], segments: list[int], widths: list[int]
     return _tables(tuple(segments), tuple(widths), sources[0].device) is not None
 
 
-def config(T: int) -> tuple[int, int, int, bool]:
-    """(block_t, block_c, num_warps, wide) for T tokens (from the sweep in bench/bench_unpack.py)."""
+def config(T: int, columns: int = 0, device: torch.device | None = None) -> tuple[int, int, int, bool]:
+    """(block_t, block_c, num_warps, wide) for T tokens and ``columns`` output columns: the table
+    measured on this GPU (``gdn_fx.tuning``), else the H100 sweep's rule (bench/bench_unpack.py)."""
     if T >= 256:
-        return 4, 128, 4, False
-    return (1, 128, 4, False) if T > 1 else (1, 64, 1, False)
+        default = 4, 128, 4, 0
+    else:
+        default = (1, 128, 4, 0) if T > 1 else (1, 64, 1, 0)
+    if device is not None:
+        default = tuning.lookup("unpack", device, (columns,), T, default)
+    block_t, block_c, num_warps, wide = default
+    return min(block_t, triton.next_power_of_2(T)), block_c, num_warps, bool(wide)
 
 
 def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list[int], *,
@@ -189,7 +196,7 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     outs = [torch.empty(T, w, dtype=sources[0].dtype, device=device) for w in widths]
     if T == 0:
         return outs
-    block_t, block_c, num_warps, wide = tile or config(T)
+    block_t, block_c, num_warps, wide = tile or config(T, sum(widths), device)
     table, colmap, align = _tables(tuple(segments), tuple(widths), device, block_c, wide)
     src = sources + [sources[0]] * (MAX_SOURCES - len(sources))
     dst = outs + [outs[0]] * (MAX_OUTPUTS - len(outs))

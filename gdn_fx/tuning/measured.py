@@ -1,0 +1,31 @@
+"""Kernel configurations measured per GPU model by ``python -m gdn_fx tune`` (``gdn_fx.tuning.sweep``).
+
+TABLE[device name][kernel][dims][bucket] = config, where dims and the size that picks the bucket are
+those of ``gdn_fx.tuning.sweep``:
+- core_decode: dims "DKxDV", size sequences x value heads, config (BV, num_warps, tiles per program);
+- norm_gate: dims "group size", size rows (tokens x groups), config (block_r, num_warps);
+- unpack: dims "output columns", size tokens, config (block_t, block_c, num_warps, wide).
+
+NVIDIA H200 (torch 2.11, Triton 3.6), Qwen3-Next dims, 2026-11-30: every timing of the sweeps is in
+bench/results/tuning_h200.json. Where two configs lie within a few percent (the small sizes, which
+launch latency dominates), the table holds the one that measured fastest.
+"""
+
+TABLE: dict = {
+    "NVIDIA H200": {
+        "core_decode": {
+            "128x128": {32: (32, 4, 1), 64: (64, 4, 1), 128: (64, 2, 1), 256: (64, 2, 1), 512: (128, 4, 64),
+                        1024: (64, 2, 64), 2048: (128, 4, 64), 4096: (128, 4, 64), 8192: (128, 4, 2),
+                        16384: (128, 4, 64)},
+        },
+        "norm_gate": {
+            "128": {32: (2, 4), 256: (4, 4), 1024: (4, 4), 2048: (4, 4), 4096: (8, 8), 8192: (32, 16),
+                    16384: (8, 4), 32768: (32, 16), 65536: (8, 4), 131072: (4, 2), 262144: (4, 1),
+                    524288: (4, 1)},
+        },
+        "unpack": {
+            "12352": {1: (1, 256, 4, 0), 8: (2, 256, 4, 0), 32: (4, 256, 8, 1), 128: (8, 64, 4, 0),
+                      512: (4, 128, 4, 0), 2048: (4, 128, 4, 0), 4096: (4, 128, 4, 0), 16384: (4, 128, 4, 0)},
+        },
+    },
+}

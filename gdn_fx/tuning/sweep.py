@@ -1,0 +1,120 @@
+"""The tuner: times every candidate configuration of each fused kernel at each size bucket on this
+GPU (CUDA-graph replay, random inputs) and returns the fastest per bucket, in the form that
+``GDN_FX_TUNING`` reads and ``measured.py`` holds. Run it as ``python -m gdn_fx tune --out FILE``.
+
+Problem dimensions are a model's (Qwen3-Next's by default): the decode's head dims, the norm-gate's
+group size, the unpack's layout. Every candidate is a configuration the kernel's tests run against
+its reference, so a tuned table can change speed, never results.
+"""
+
+import itertools
+import time
+
+import torch
+
+from gdn_fx.tuning import bucket
+from gdn_fx.tuning.timing import graph_time
+
+SIZES = {
+    "core_decode": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),  # sequences (x value heads = the size)
+    "norm_gate": (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),  # tokens (x groups = the size)
+    "unpack": (1, 8, 32, 128, 512, 2048, 4096, 16384),  # tokens
+}
+
+
+def candidates(kernel: str, dims: tuple) -> list[tuple]:
+    """The search space of ``kernel`` for ``dims`` (every entry is exercised by the kernel's tests)."""
+    if kernel == "core_decode":
+        return [(bv, w, t) for bv, w, t in itertools.product((16, 32, 64, 128), (1, 2, 4), (1, 2, 64))
+                if bv <= max(16, 1 << (dims[1] - 1).bit_length())]
+    if kernel == "norm_gate":
+        bd = 1 << (dims[0] - 1).bit_length()
+        return [(r, w) for r, w in itertools.product((1, 2, 4, 8, 16, 32, 64), (1, 2, 4, 8, 16))
+                if 32 <= r * bd // w <= 1024]
+    if kernel == "unpack":
+        tiles = [(*t, 0) for t in itertools.product((1, 2, 4, 8), (64, 128, 256), (2, 4, 8))]
+        return tiles + [(*t, 1) for t in itertools.product((1, 2, 4), (256, 1024), (4, 8))]
+    raise ValueError(f"unknown kernel {kernel!r}")
+
+
+def _core_decode(N: int, NK: int, NV: int, DK: int, DV: int, W: int = 4):
+    from gdn_fx import Request, build_metadata
+    from gdn_fx.ops.core.decode_kernel import core_decode_triton
+
+    g = torch.Generator(device="cuda").manual_seed(N)
+    D = 2 * NK * DK + NV * DV
+    rnd = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x, ab = rnd(N, D).bfloat16(), rnd(N, 2 * NV).bfloat16()
+    w, A_log, dt = (0.5 * rnd(D, W)).bfloat16(), rnd(NV), rnd(NV)
+    conv, ssm = rnd(2 * N, D, W - 1).bfloat16(), 0.1 * rnd(2 * N, NV, DK, DV)
+    slots = torch.randperm(2 * N, generator=torch.Generator().manual_seed(N))[:N].tolist()
+    meta = build_metadata([Request(1, s, num_computed_tokens=5) for s in slots], num_slots=2 * N, device="cuda")
+    out = torch.empty(N, NV, DV, device="cuda", dtype=torch.bfloat16)
+
+    def run(cfg):  # the state moves on with every replay: a gated delta rule stays bounded
+        core_decode_triton(x, ab[:, :NV], ab[:, NV:], w, None, A_log, dt, conv, ssm, meta.query_start_loc,
+                           meta.state_indices, meta.num_accepted_tokens, NK, DK, DK**-0.5, False, out, cfg=cfg)
+
+    return run, N * NV
+
+
+def _norm_gate(T: int, GS: int, C: int):
+    from gdn_fx.ops.norm_gate.triton_kernel import norm_gate_triton
+
+    g = torch.Generator(device="cuda").manual_seed(T)
+    x = torch.randn(T, C // GS, GS, device="cuda", generator=g).bfloat16()
+    z = torch.randn(T, 2 * C, device="cuda", generator=g).bfloat16()[:, C:].unflatten(-1, (C // GS, GS))
+    wt = (1 + 0.2 * torch.randn(GS, device="cuda", generator=g)).bfloat16()
+    bd = 1 << (GS - 1).bit_length()
+    return (lambda cfg: norm_gate_triton(x, z, wt, 1e-6, GS, True, "silu", tile=(cfg[0], bd, cfg[1]))), T * (C // GS)
+
+
+def qwen3_next_layout(NK: int, NV: int, DK: int, DV: int) -> tuple[list[int], list[int], int]:
+    """(segments, widths, source columns) of Qwen3-Next's checkpoint-layout unpack: one [T, qkvz | ba]
+    source into mixed_qkv, z, b and a, as the unpack pass derives it."""
+    R = NV // NK
+    gw, qkvz = 2 * DK + 2 * R * DV, NK * (2 * DK + 2 * R * DV)
+    segs = [s for gr in range(NK) for s in (0, gr * gw, DK)] + [s for gr in range(NK) for s in (0, gr * gw + DK, DK)]
+    segs += [s for gr in range(NK) for s in (0, gr * gw + 2 * DK, R * DV)]
+    segs += [s for gr in range(NK) for s in (0, gr * gw + 2 * DK + R * DV, R * DV)]
+    segs += [s for gr in range(NK) for s in (0, qkvz + 2 * R * gr, R)]
+    segs += [s for gr in range(NK) for s in (0, qkvz + 2 * R * gr + R, R)]
+    return segs, [2 * NK * DK + NV * DV, NV * DV, NV, NV], qkvz + 2 * NV
+
+
+def _unpack(T: int, NK: int, NV: int, DK: int, DV: int):
+    from gdn_fx.ops.unpack.triton_kernel import unpack_triton
+
+    segs, widths, cols = qwen3_next_layout(NK, NV, DK, DV)
+    x = torch.randn(T, cols, device="cuda", generator=torch.Generator(device="cuda").manual_seed(T)).bfloat16()
+    return (lambda cfg: unpack_triton([x], segs, widths, tile=(*cfg[:3], bool(cfg[3])))), T
+
+
+def tune(kernels=("core_decode", "norm_gate", "unpack"), NK: int = 16, NV: int = 32, DK: int = 128, DV: int = 128,
+         sizes: dict | None = None, log=print) -> dict:
+    """{"configs": {device name: {kernel: {dims: {bucket: config}}}}, "sweep": [every timing]}."""
+    name = torch.cuda.get_device_name()
+    configs, sweep = {}, []
+    dims = {"core_decode": (DK, DV), "norm_gate": (DV,), "unpack": (2 * NK * DK + 2 * NV * DV + 2 * NV,)}
+    for kernel in kernels:
+        for s in (sizes or SIZES)[kernel]:
+            t0 = time.time()
+            if kernel == "core_decode":
+                run, n = _core_decode(s, NK, NV, DK, DV)
+            elif kernel == "norm_gate":
+                run, n = _norm_gate(s, DV, NV * DV)
+            else:
+                run, n = _unpack(s, NK, NV, DK, DV)
+            timed = []
+            for cfg in candidates(kernel, dims[kernel]):
+                if kernel == "unpack" and cfg[0] > s:
+                    continue
+                t = graph_time(lambda cfg=cfg: run(cfg), reps=10, inner=20)
+                timed.append((t, cfg))
+                sweep.append({"kernel": kernel, "size": s, "bucket": bucket(n), "config": list(cfg), "us": t * 1e6})
+            t, best = min(timed)
+            key = "x".join(map(str, dims[kernel]))
+            configs.setdefault(name, {}).setdefault(kernel, {}).setdefault(key, {})[str(bucket(n))] = list(best)
+            log(f"{kernel} size={s} bucket={bucket(n)}: best {best} {t * 1e6:.2f} us of {len(timed)} candidates "
+                f"({time.time() - t0:.0f} s)")
+    return {"device": name, "torch": torch.__version__, "configs": configs, "sweep": sweep}
