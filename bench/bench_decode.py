@@ -2,7 +2,9 @@
 
   gdn_fx   gdn_fx::fused_recurrent_decode on the packed post-conv mixed_qkv and a, b: gating, q/k L2
            norm and the in-place update of the pooled state (shuffled slots) in one launch
-  gdn_fx_core  the whole core op of a decode batch: Triton conv window update, then the kernel above
+  gdn_fx_core  the whole core op of a decode batch: one launch (conv window update, gating, L2 norm and the
+           recurrence), its configuration from the table measured for this GPU (gdn_fx/tuning; the
+           sweep over every configuration is python -m gdn_fx tune, bench/results/tuning_h200.json)
   fla      flash-linear-attention's fused_recurrent_gated_delta_rule (q/k L2 norm in kernel) on
            split q, k, v with g and beta precomputed, initial and final state as separate tensors
            (when fla is installed)
@@ -13,8 +15,6 @@ bandwidth measured in the same run. CUDA-graph replay times.
 """
 
 import argparse
-import itertools
-import os
 import sys
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from bench.common import copy_bandwidth, device_info, graph_time, kernel_names, 
 from gdn_fx import Request, build_metadata, ops  # noqa: E402
 
 NK, NV, DK, DV = 16, 32, 128, 128
-BATCHES = (1, 32, 256)
+BATCHES = (1, 8, 32, 256)
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
     except ImportError:
         fused_recurrent_gated_delta_rule = None
-    rows, sweep = [], []
+    rows = []
     for B in BATCHES:
         g = torch.Generator(device="cuda").manual_seed(B)
         x = torch.randn(B, 2 * NK * DK + NV * DV, device="cuda", generator=g).to(torch.bfloat16)
@@ -88,19 +88,7 @@ def main():
                          "floor_pct": 100 * floor / t, "kernel_names": kernels[:4]})
             print(f"B={B:4d} {name:20s} kernels={len(kernels)} {t * 1e6:8.1f} us  {100 * floor / t:5.1f}% of the "
                   f"state read+write floor ({floor * 1e6:.1f} us)", flush=True)
-        # the kernel's block of value columns and warps (GDN_FX_DECODE_CONFIG overrides config())
-        for (bv, warps), (name, fn) in itertools.product(((16, 4), (32, 4), (32, 8), (64, 4), (64, 8), (128, 8)),
-                                                        (("gdn_fx", run_gdn_fx), ("gdn_fx_core", run_core))):
-            os.environ["GDN_FX_DECODE_CONFIG"] = f"{bv},{warps}"
-            try:
-                t = graph_time(fn)
-            finally:
-                del os.environ["GDN_FX_DECODE_CONFIG"]
-            sweep.append({"B": B, "variant": name, "BV": bv, "num_warps": warps, "us": t * 1e6,
-                          "floor_pct": 100 * floor / t})
-            print(f"B={B:4d} sweep {name:12s} BV={bv:3d} warps={warps} {t * 1e6:8.1f} us {100 * floor / t:5.1f}%",
-                  flush=True)
-    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows, "sweep": sweep}
+    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows}
     print("wrote", save(args.out, "decode.json", payload))
 
 

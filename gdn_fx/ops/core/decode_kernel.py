@@ -1,26 +1,37 @@
 """The core op's decode path in one Triton launch: conv window update, SiLU, gating, q/k L2 norm,
 scaling and the gated delta rule, from the packed pre-conv mixed_qkv to core_attn_out.
 
-Grid (value-dim blocks, value heads, sequences), as ``gdn_fx.ops.decode.triton_kernel``; each
-program also convolves the channels it reads: its key head's q and k (DK each) and its block of
-v, from the conv window at column ``num_accepted_tokens - 1`` of slot ``state_indices[n, 0]``.
+A key head's work is R * (DV / BV) state tiles [DK, BV] (value head x block of BV value columns).
+Grid (programs per key head, key heads, sequences): each program takes TPP of its key head's tiles
+in turn, holding one fp32 tile in registers, and convolves the channels it reads: the key head's
+q and k (DK each) and each tile's block of v, from the conv window at column
+``num_accepted_tokens - 1`` of slot ``state_indices[n, 0]``. (BV, warps, TPP) come from the table
+measured for the GPU (``config``).
 
-The conv state update is the delicate part. A program owns its v channels and shifts their
-state itself. The q/k channels of a key head are read by all R * (DV / BV) programs of that head,
-so none may shift them while another could still read: each program, once its reads are done,
-increments a per-(sequence, key head) counter (acq_rel), and the program that arrives last
-shifts the q/k state and resets the counter to zero for the next launch (the "last block"
-pattern of split-K reductions; no program ever waits, so there is no deadlock). The counters
-live in a per-device, per-stream scratch tensor that is zero between launches.
+The conv state update is the delicate part. A program owns its tiles' v channels and shifts their
+state itself. The q/k channels of a key head are read by all of its programs, so none may shift
+them while another could still read. With one program per key head (TPP = all its tiles) that
+program shifts them after its reads. Otherwise each program, once its reads are done, increments a
+per-(sequence, key head) counter (acq_rel), and the program that arrives last shifts the q/k
+state and resets the counter to zero for the next launch (the "last block" pattern of split-K
+reductions; no program ever waits, so there is no deadlock). The counters live in a per-device,
+per-stream scratch tensor that is zero between launches.
 
-Semantics are those of ``causal_conv1d_decode`` followed by ``fused_recurrent_decode``.
-"""
+Whole tiles (BK = DK, BV dividing DV) load and store unmasked under scalar branches, and without
+speculative columns (one slot column) the state's slot is known without reading
+``num_accepted_tokens``: both keep registers and dependent loads down (measured in bench/README.md).
+
+Semantics are those of ``causal_conv1d_decode`` followed by ``fused_recurrent_decode``."""
+
+import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from gdn_fx.ops.decode.triton_kernel import config, gated_delta_step, load_head
+from gdn_fx import tuning
+from gdn_fx.ops.decode.triton_kernel import gated_delta_step, load_head
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
@@ -40,18 +51,23 @@ def _conv_silu(p_s, p_x, p_w, b, o, m, stride_sl, stride_x, j: tl.constexpr, W: 
 
 
 @triton.jit
-def _shift_state(p_s, p_x, o, L, m, stride_sl, stride_x, W: tl.constexpr, KP: tl.constexpr, LP: tl.constexpr):
-    """Columns [0, W-2+L) of the state <- [window columns 1 .. W-2, the L inputs] (full[:, 1:])."""
+def _shift_state(base_s, base_x, c0, n, o, L, stride_sd, stride_sl, stride_x, W: tl.constexpr, KP: tl.constexpr,
+                 LP: tl.constexpr, BC: tl.constexpr):
+    """Channels [c0, c0 + min(n, BC)): state columns [0, W-2+L) <- [window columns 1 .. W-2, the L inputs]
+    (full[:, 1:]). Offsets from a fresh arange: no layout conversion of the callers' tensors."""
+    c = c0 + tl.arange(0, BC)
+    m = tl.arange(0, BC) < n
     r = tl.arange(0, KP)
     m_h = ((r >= 1) & (r < W - 1))[:, None] & m[None, :]
-    h = tl.load(p_s[None, :] + (o + r)[:, None] * stride_sl, mask=m_h, other=0.0)
+    p_s = base_s + c[None, :] * stride_sd
+    h = tl.load(p_s + (o + r)[:, None] * stride_sl, mask=m_h, other=0.0)
     i = tl.arange(0, LP)
     m_x = ((i < L) & (i + W - 2 >= 0))[:, None] & m[None, :]
-    xin = tl.load(p_x[None, :] + i.to(tl.int64)[:, None] * stride_x, mask=m_x, other=0.0)
-    xin = xin.to(tl.float32).to(p_s.dtype.element_ty)
+    xin = tl.load(base_x + c[None, :] + i.to(tl.int64)[:, None] * stride_x, mask=m_x, other=0.0)
+    xin = xin.to(tl.float32).to(base_s.dtype.element_ty)
     tl.debug_barrier()  # the columns just read overlap the ones written now
-    tl.store(p_s[None, :] + (r - 1)[:, None] * stride_sl, h, mask=m_h)
-    tl.store(p_s[None, :] + (i + W - 2)[:, None] * stride_sl, xin, mask=m_x)
+    tl.store(p_s + (r - 1)[:, None] * stride_sl, h, mask=m_h)
+    tl.store(p_s + (i + W - 2)[:, None] * stride_sl, xin, mask=m_x)
 
 
 @triton.jit(do_not_specialize=["T", "N"])
@@ -61,84 +77,117 @@ def _core_decode_kernel(
     scale, T, N,
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     S: tl.constexpr, W: tl.constexpr, KP: tl.constexpr, LP: tl.constexpr, HAS_BIAS: tl.constexpr,
-    NEG: tl.constexpr, BZ: tl.constexpr,
+    NEG: tl.constexpr, BZ: tl.constexpr, EVEN: tl.constexpr,
+    TPP: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
-    i_hv = tl.program_id(1)
+    i_p = tl.program_id(0)
+    i_hk = tl.program_id(1)
     i_n = tl.program_id(2)
     R: tl.constexpr = NV // NK
-    i_hk = i_hv // R
+    NVB: tl.constexpr = (DV + BV - 1) // BV
     bos = tl.load(qsl + i_n).to(tl.int64)
     L = tl.load(qsl + i_n + 1).to(tl.int64) - bos
-    o = tl.load(acc + i_n).to(tl.int64) - 1
-    read = tl.load(idx + i_n * stride_idx + o)
     cslot = tl.load(idx + i_n * stride_idx)
+    if S == 1:  # one column of slots: num_accepted_tokens is 1, no dependent load before the state's
+        o = 0
+        read = cslot
+    else:
+        o = tl.load(acc + i_n).to(tl.int64) - 1
+        read = tl.load(idx + i_n * stride_idx + o)
     live = (read >= 0) & (cslot >= 0)
     # per-program conditions as tensor bounds (the Triton interpreter rejects scalar-bool masks)
     live_dk = tl.where(live, DK, 0)
     live_dv = tl.where(live, DV, 0)
     offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
     mk = offs_k < live_dk
-    mv = offs_v < live_dv
-    # conv channels: q and k of key head i_hk, this block of v of value head i_hv
+    # conv channels: q and k of key head i_hk (shared by its tiles), a block of v per tile
     c_q = i_hk * DK + offs_k
     c_k = NK * DK + c_q
-    c_v = 2 * NK * DK + i_hv * DV + offs_v
     base_s = conv_state + tl.maximum(cslot, 0).to(tl.int64) * stride_cs
     base_x = x + bos * stride_x
     if HAS_BIAS:
         b_q = tl.load(conv_b + c_q, mask=mk, other=0.0).to(tl.float32)
         b_k = tl.load(conv_b + c_k, mask=mk, other=0.0).to(tl.float32)
-        b_v = tl.load(conv_b + c_v, mask=mv, other=0.0).to(tl.float32)
     else:
         b_q = tl.zeros([BK], dtype=tl.float32)
         b_k = tl.zeros([BK], dtype=tl.float32)
-        b_v = tl.zeros([BV], dtype=tl.float32)
+    # this program's TPP tiles: (value head of the key head's group, block of BV value columns)
+    for i_t in tl.range(0, TPP):
+        tile = i_p * TPP + i_t
+        i_hv = i_hk * R + tile // NVB
+        offs_v = (tile % NVB) * BV + tl.arange(0, BV)
+        mv = offs_v < live_dv
+        c_v = 2 * NK * DK + i_hv * DV + offs_v
+        if HAS_BIAS:
+            b_v = tl.load(conv_b + c_v, mask=mv, other=0.0).to(tl.float32)
+        else:
+            b_v = tl.zeros([BV], dtype=tl.float32)
+        m_state = mk[:, None] & (offs_v < DV)[None, :]
+        p_state = offs_k[:, None] * DV + offs_v[None, :] + i_hv * DK * DV
+        if EVEN:  # whole tiles: unmasked (vector) state loads and stores under scalar branches
+            A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
+            bias = tl.load(dt_bias + i_hv).to(tl.float32)
+            if live:
+                h = tl.load(state + read.to(tl.int64) * (NV * DK * DV) + p_state).to(tl.float32)
+            else:
+                h = tl.zeros([BK, BV], dtype=tl.float32)
+        else:
+            h, A, bias = load_head(state, read, p_state, m_state, A_log, dt_bias, i_hv, NV * DK * DV)
+        for j in tl.static_range(S):
+            if j < L:
+                t = bos + j
+                q = _conv_silu(base_s + c_q * stride_cd, base_x + c_q, conv_w + c_q * stride_w, b_q, o, mk, stride_cl,
+                          stride_x, j, W)
+                k = _conv_silu(base_s + c_k * stride_cd, base_x + c_k, conv_w + c_k * stride_w, b_k, o, mk, stride_cl,
+                          stride_x, j, W)
+                v = _conv_silu(base_s + c_v * stride_cd, base_x + c_v, conv_w + c_v * stride_w, b_v, o, mv, stride_cl,
+                          stride_x, j, W)
+                # the conv's outputs round to the activation dtype, as the two-op path stores them
+                q = q.to(x.dtype.element_ty).to(tl.float32)
+                k = k.to(x.dtype.element_ty).to(tl.float32)
+                v = v.to(x.dtype.element_ty).to(tl.float32)
+                a_t = tl.load(a + t * stride_a + i_hv * stride_ah).to(tl.float32)
+                b_t = tl.load(b + t * stride_b + i_hv * stride_bh).to(tl.float32)
+                h, o_t = gated_delta_step(h, q, k, v, a_t, b_t, A, bias, scale, NEG)
+                o_t = tl.where(live, o_t, 0.0)
+                if S == 1:
+                    slot = cslot
+                else:
+                    slot = tl.load(idx + i_n * stride_idx + j)
+                if EVEN:
+                    tl.store(out + t * NV * DV + i_hv * DV + offs_v, o_t.to(out.dtype.element_ty))
+                    if live & (slot >= 0):
+                        tl.store(state + slot.to(tl.int64) * (NV * DK * DV) + p_state, h.to(state.dtype.element_ty))
+                else:
+                    tl.store(out + t * NV * DV + i_hv * DV + offs_v, o_t.to(out.dtype.element_ty), mask=offs_v < DV)
+                    slot_dk = tl.where(slot >= 0, live_dk, 0)
+                    tl.store(state + tl.maximum(slot, 0).to(tl.int64) * NV * DK * DV + p_state,
+                             h.to(state.dtype.element_ty), mask=m_state & (offs_k[:, None] < slot_dk))
+        if L > 0:  # v: the tile's own channels
+            _shift_state(base_s, base_x, 2 * NK * DK + i_hv * DV + (tile % NVB) * BV,
+                         live_dv - (tile % NVB) * BV, o, L, stride_cd, stride_cl, stride_x, W, KP, LP, BV)
+        # rows past the last sequence (none in a batch from build_metadata), BZ of them per program
+        # (no loop: Triton 3.6's interpreter rejects loops with loaded bounds)
+        rows = tl.load(qsl + N).to(tl.int64) + i_n * BZ + tl.arange(0, BZ)
+        tl.store(out + rows[:, None] * NV * DV + i_hv * DV + offs_v[None, :],
+                 tl.zeros([BZ, BV], dtype=out.dtype.element_ty), mask=(rows < T)[:, None] & (offs_v < DV)[None, :])
 
-    m_state = mk[:, None] & (offs_v < DV)[None, :]
-    p_state = offs_k[:, None] * DV + offs_v[None, :] + i_hv * DK * DV
-    h, A, bias = load_head(state, read, p_state, m_state, A_log, dt_bias, i_hv, NV * DK * DV)
-    for j in tl.static_range(S):
-        if j < L:
-            t = bos + j
-            q = _conv_silu(base_s + c_q * stride_cd, base_x + c_q, conv_w + c_q * stride_w, b_q, o, mk, stride_cl,
-                           stride_x, j, W)
-            k = _conv_silu(base_s + c_k * stride_cd, base_x + c_k, conv_w + c_k * stride_w, b_k, o, mk, stride_cl,
-                           stride_x, j, W)
-            v = _conv_silu(base_s + c_v * stride_cd, base_x + c_v, conv_w + c_v * stride_w, b_v, o, mv, stride_cl,
-                           stride_x, j, W)
-            # the conv's outputs round to the activation dtype, as the two-op path stores them
-            q = q.to(x.dtype.element_ty).to(tl.float32)
-            k = k.to(x.dtype.element_ty).to(tl.float32)
-            v = v.to(x.dtype.element_ty).to(tl.float32)
-            a_t = tl.load(a + t * stride_a + i_hv * stride_ah).to(tl.float32)
-            b_t = tl.load(b + t * stride_b + i_hv * stride_bh).to(tl.float32)
-            h, o_t = gated_delta_step(h, q, k, v, a_t, b_t, A, bias, scale, NEG)
-            o_t = tl.where(live, o_t, 0.0)
-            tl.store(out + t * NV * DV + i_hv * DV + offs_v, o_t.to(out.dtype.element_ty), mask=offs_v < DV)
-            slot = tl.load(idx + i_n * stride_idx + j)
-            slot_dk = tl.where(slot >= 0, live_dk, 0)
-            tl.store(state + tl.maximum(slot, 0).to(tl.int64) * NV * DK * DV + p_state, h.to(state.dtype.element_ty),
-                     mask=m_state & (offs_k[:, None] < slot_dk))
-
+    # q/k: shifted once every tile of the key head has read them
     if L > 0:
-        # v: this program's own channels
-        _shift_state(base_s + c_v * stride_cd, base_x + c_v, o, L, mv, stride_cl, stride_x, W, KP, LP)
-        # q/k: the last of the key head's programs to finish reading shifts them
         if live:
-            counter = counters + i_n * NK + i_hk
-            tl.debug_barrier()  # every thread's reads are done before the release below publishes them
-            arrived = tl.atomic_add(counter, 1, sem="acq_rel")
-            if arrived == R * tl.num_programs(0) - 1:
-                _shift_state(base_s + c_q * stride_cd, base_x + c_q, o, L, mk, stride_cl, stride_x, W, KP, LP)
-                _shift_state(base_s + c_k * stride_cd, base_x + c_k, o, L, mk, stride_cl, stride_x, W, KP, LP)
-                tl.atomic_xchg(counter, 0, sem="relaxed")
-    # rows past the last sequence (none in a batch from build_metadata), BZ of them per program
-    # (no loop: Triton 3.6's interpreter rejects loops with loaded bounds)
-    rows = tl.load(qsl + N).to(tl.int64) + i_n * BZ + tl.arange(0, BZ)
-    tl.store(out + rows[:, None] * NV * DV + i_hv * DV + offs_v[None, :],
-             tl.zeros([BZ, BV], dtype=out.dtype.element_ty), mask=(rows < T)[:, None] & (offs_v < DV)[None, :])
+            if R * NVB == TPP:  # this program holds them all: its own threads' reads, then the shift
+                _shift_state(base_s, base_x, i_hk * DK, DK, o, L, stride_cd, stride_cl, stride_x, W, KP, LP, BK)
+                _shift_state(base_s, base_x, (NK + i_hk) * DK, DK, o, L, stride_cd, stride_cl, stride_x, W, KP, LP, BK)
+            else:  # the last of the key head's programs to finish reading shifts them
+                counter = counters + i_n * NK + i_hk
+                tl.debug_barrier()  # every thread's reads are done before the release below publishes them
+                arrived = tl.atomic_add(counter, 1, sem="acq_rel")
+                if arrived == tl.num_programs(0) - 1:
+                    _shift_state(base_s, base_x, i_hk * DK, DK, o, L, stride_cd, stride_cl, stride_x, W, KP, LP,
+                                 BK)
+                    _shift_state(base_s, base_x, (NK + i_hk) * DK, DK, o, L, stride_cd, stride_cl, stride_x, W, KP,
+                                 LP, BK)
+                    tl.atomic_xchg(counter, 0, sem="relaxed")
 
 
 def _counters(device: torch.device, n: int) -> torch.Tensor:
@@ -156,9 +205,32 @@ def supports(x, conv_weight, conv_state, ssm_state, state_indices) -> bool:
             and conv_state.shape[2] >= W - 2 + state_indices.shape[1] and W >= 2)
 
 
+def default_config(DK: int, DV: int) -> tuple[int, int, int]:
+    """(BV, num_warps, tiles per program) where no measured table has an entry: the H200's choice for
+    Qwen3-Next dims at most batches (``measured.py``), a [next_pow2(DK), 64] fp32 state tile over 2
+    warps, scaled to keep the tile's size for other head dims."""
+    BK = triton.next_power_of_2(DK)
+    return min(triton.next_power_of_2(DV), max(16, 8192 // BK)), 2, 1
+
+
+def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int, int, int]:
+    """(BV, num_warps, tiles per program): the value columns of a state tile, the warps, and how many
+    of a key head's tiles (value heads x column blocks) one program takes in turn (all of them: no
+    cross-program handshake for the q/k conv state). From the table measured on this GPU for N x NV
+    (sequence, value head) pairs (``gdn_fx.tuning``); ``GDN_FX_DECODE_CONFIG=BV,num_warps[,tiles]``
+    overrides it (tests, sweeps)."""
+    override = os.environ.get("GDN_FX_DECODE_CONFIG")
+    if override:
+        v = [int(c) for c in override.split(",")]
+        return v[0], v[1], v[2] if len(v) > 2 else 1
+    return tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV))
+
+
 def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, query_start_loc,
-                       state_indices, num_accepted_tokens, num_k_heads, head_k_dim, scale, allow_neg_eigval, out):
-    """x: [T, 2*NK*DK + NV*DV] pre-conv; out: [T, NV, DV] contiguous, every row written. One launch."""
+                       state_indices, num_accepted_tokens, num_k_heads, head_k_dim, scale, allow_neg_eigval, out,
+                       cfg: tuple[int, int, int] | None = None):
+    """x: [T, 2*NK*DK + NV*DV] pre-conv; out: [T, NV, DV] contiguous, every row written. One launch.
+    ``cfg`` = (BV, num_warps, tiles per program) overrides ``config`` (the tuner)."""
     T = x.shape[0]
     N = query_start_loc.shape[0] - 1
     NV, DK, DV = ssm_state.shape[1:]
@@ -169,15 +241,19 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     W = conv_weight.shape[1]
     S = state_indices.shape[1]
     BK = triton.next_power_of_2(DK)
-    cfg = config(DK, DV, N, NV, conv=True)
-    grid = (triton.cdiv(DV, cfg["BV"]), NV, N)
+    BV, num_warps, tpp = cfg or config(DK, DV, N, NV, x.device)
+    BV = min(BV, triton.next_power_of_2(DV))
+    tiles = NV // num_k_heads * triton.cdiv(DV, BV)  # per key head
+    tpp = math.gcd(tpp, tiles)
+    grid = (tiles // tpp, num_k_heads, N)
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
         num_accepted_tokens, out, _counters(x.device, N * num_k_heads),
         x.stride(0), conv_weight.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale, T, N,
-        NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=cfg["BV"], S=S, W=W,
+        NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=S, W=W,
         KP=triton.next_power_of_2(max(W - 1, 1)), LP=triton.next_power_of_2(S), HAS_BIAS=conv_bias is not None,
-        NEG=allow_neg_eigval, BZ=triton.next_power_of_2(triton.cdiv(T, N)), num_warps=cfg["num_warps"],
+        NEG=allow_neg_eigval, BZ=triton.next_power_of_2(triton.cdiv(T, N)), EVEN=BK == DK and DV % BV == 0,
+        TPP=tpp, num_warps=num_warps,
     )
     return out

@@ -95,23 +95,23 @@ def _decode_kernel(
              tl.zeros([BZ, BV], dtype=out.dtype.element_ty), mask=(rows < T)[:, None] & mv[None, :])
 
 
-def config(DK: int, DV: int, N: int, NV: int, conv: bool = False) -> dict:
+def config(DK: int, DV: int, N: int, NV: int) -> dict:
     """Block of value columns and warps per program: a [next_pow2(DK), BV] fp32 slice of the state
     lives in registers. From the H100 sweep of bench/bench_decode.py (Qwen3-Next dims, B = 1, 32,
     256): 64 value columns beat 16 and 32 at every batch (fewer programs re-read q/k, longer rows
-    per load); 8 warps pay off once there are many programs (8192+, B = 256) for the recurrence
-    alone, while with the conv fused in (``conv``, the core op's decode) 8 warps doubled the time
-    at every batch: 4 there. ``GDN_FX_DECODE_CONFIG=BV,num_warps`` overrides it (bench sweeps)."""
+    per load); 8 warps pay off once there are many programs (8192+, B = 256). This kernel serves the
+    core op only where its one-launch decode does not apply (``gdn_fx.ops.core.decode_kernel``, which
+    has its own per-GPU table). ``GDN_FX_DECODE_CONFIG=BV,num_warps`` overrides it (tests)."""
     override = os.environ.get("GDN_FX_DECODE_CONFIG")
     if override:
-        bv, warps = (int(v) for v in override.split(","))
+        bv, warps = (int(v) for v in override.split(",")[:2])
         return {"BV": bv, "num_warps": warps}
     BK = triton.next_power_of_2(DK)
     BV = min(triton.next_power_of_2(DV), 64 if BK <= 128 else 32)
     if BK * BV < 4096:
         return {"BV": BV, "num_warps": 2}
     many = N * NV * triton.cdiv(DV, BV) >= 8192
-    return {"BV": BV, "num_warps": 8 if many and not conv else 4}
+    return {"BV": BV, "num_warps": 8 if many else 4}
 
 
 def fused_recurrent_decode_triton(
