@@ -5,6 +5,9 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
   eager          layer.forward_serving as written (plain PyTorch around the gdn_fx ops)
   stock_compile  layer.compile_serving(backend="inductor") (torch.compile, fullgraph, dynamic token count)
   gdn_fx         layer.compile_serving(backend="gdn_fx"): the unpack and norm-gate passes
+  gdn_fx_max_autotune  gdn_fx with Inductor's max_autotune (its GEMM templates benchmarked against cuBLAS
+                 at compile time, for the token count of the first call: dynamic shapes); first-call time
+                 (compile) is in each row as first_call_s
   gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
                  qkvz and ba GEMMs, interleaved groups, so the unpack pass has glue to fuse)
 The first three run the default layer: one merged input GEMM (rows [q, k, v, z, b, a]).
@@ -20,6 +23,7 @@ in and out, at the copy bandwidth measured in the same run.
 import argparse
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,7 +35,7 @@ from gdn_fx import Request, build_metadata  # noqa: E402
 from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
-VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_2gemm", "stock_compile_2gemm")
+VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm")
 
 HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
@@ -66,6 +70,7 @@ def main():
         "eager": lambda: layer.forward_serving,
         "stock_compile": lambda: layer.compile_serving(backend="inductor"),
         "gdn_fx": lambda: layer.compile_serving(backend="gdn_fx"),
+        "gdn_fx_max_autotune": lambda: layer.compile_serving(backend="gdn_fx", options={"max_autotune": True}),
         "gdn_fx_2gemm": lambda: layers[False].compile_serving(backend="gdn_fx"),
         "stock_compile_2gemm": lambda: layers[False].compile_serving(backend="inductor"),
     }
@@ -89,7 +94,10 @@ def main():
             for name, fn in fns.items():
                 step = lambda: fn(h, conv_state, ssm_state, meta)  # noqa: E731
                 try:
+                    t0 = time.perf_counter()
                     step()
+                    torch.cuda.synchronize()
+                    first = time.perf_counter() - t0
                     stats = kernel_stats(step)
                     t = graph_time(step) if kind == "decode" else event_time(step, inner=3)
                 except Exception as e:  # a variant that fails is reported, not fatal
@@ -101,7 +109,7 @@ def main():
                 rows.append({"kind": kind, "B": B, "L": L, "variant": name, "kernels": len(stats),
                              "gemm_kernels": len(gemms), "other_kernels": len(others), "us": t * 1e6,
                              "gemm_gpu_us": gemm_us, "other_gpu_us": other_us,
-                             "floor_us": floor * 1e6, "x_floor": t / floor,
+                             "floor_us": floor * 1e6, "x_floor": t / floor, "first_call_s": round(first, 2),
                              "other_kernels_us": [[k, round(us, 2)] for k, us in others]})
                 print(f"{kind:7s} B={B:4d} L={L:5d} {name:14s} kernels={len(stats):3d} (gemm {len(gemms)}, other "
                       f"{len(others)}) {t * 1e6:9.1f} us  {t / floor:5.2f}x floor ({floor * 1e6:.1f} us); GPU: gemm "

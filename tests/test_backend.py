@@ -32,6 +32,29 @@ def test_backend_by_name_from_the_entry_point():
     assert all(torch.equal(g, w) for g, w in zip(got, next_split(x[:, : NK * GROUP], x[:, NK * GROUP :])))
 
 
+def test_other_options_are_inductor_config(monkeypatch):
+    """options other than passes patch Inductor's config for this compile only (max_autotune here)."""
+    from torch._inductor import compile_fx as cfx
+
+    seen = []
+    real = cfx.compile_fx
+
+    def spy(gm, inputs, config_patches=None, **kw):
+        seen.append(dict(config_patches or {}))
+        return real(gm, inputs, config_patches=config_patches, **kw)
+
+    monkeypatch.setattr("gdn_fx.backend.compile_fx", spy)
+    x = _x()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        got = torch.compile(_sinked(next_split), backend="gdn_fx",
+                            options={"passes": ["unpack"], "max_autotune": True})(x)
+    assert all(torch.equal(g, w) for g, w in zip(got, next_split(x[:, : NK * GROUP], x[:, NK * GROUP :])))
+    assert seen and seen[0]["max_autotune"] is True and "post_grad_custom_post_pass" in seen[0]
+    assert torch._inductor.config.max_autotune is False  # the global config is left alone
+    with pytest.raises(ValueError, match="post_grad_custom_post_pass"):
+        make_backend(inductor_config={"post_grad_custom_post_pass": None})
+
+
 def test_unknown_pass_is_rejected():
     with pytest.raises(ValueError, match="unknown gdn_fx passes \\['nope'\\]"):
         make_backend(passes=["nope"])
