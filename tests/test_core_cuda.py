@@ -75,9 +75,10 @@ CHECK = textwrap.dedent("""
 # (BV, num_warps, tiles per program) at DV=24: the default (one ragged block: masked state reads),
 # three whole blocks (the unmasked path; several programs per key head: the q/k conv state's
 # last-arriver update), one program per key head looping over all its tiles (no handshake), three
-# tiles a program (at ratio 3: three programs per key head, each looping)
-@pytest.mark.parametrize("decode_config", [None, "8,1,1", "8,2,64", "8,1,3"],
-                         ids=["default", "3_value_blocks", "one_program_per_key_head", "3_tiles_per_program"])
+# tiles a program (at ratio 3: three programs per key head, each looping), two ragged tiles a program
+@pytest.mark.parametrize("decode_config", [None, "8,1,1", "8,2,64", "8,1,3", "16,1,2"],
+                         ids=["default", "3_value_blocks", "one_program_per_key_head", "3_tiles_per_program",
+                              "ragged_tiles_looped"])
 def test_core_cuda_logic_interpreted(decode_config):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
