@@ -1,7 +1,9 @@
 """The Gated DeltaNet layer shared by every model family.
 
-A variant only says how the input projections are laid out (``project``) and how
-the transformers checkpoint maps onto them; the rest (core op, gated norm, output
+A variant only says how the transformers checkpoint maps onto the input projections
+(``_convert_projections``: stacked into the one merged ``in_proj`` by default) and, for its
+checkpoint layout (``merge_projections=False``), how those projections unpack
+(``_project_checkpoint``); the rest (the merged projection, core op, gated norm, output
 projection, state pools, tensor-parallel slicing) lives here.
 """
 
@@ -40,7 +42,7 @@ class GatedDeltaNet(nn.Module):
     def __init__(
         self, *, hidden_size: int, num_k_heads: int, num_v_heads: int, head_k_dim: int, head_v_dim: int,
         conv_kernel_size: int = 4, norm_eps: float = 1e-6, allow_neg_eigval: bool = False,
-        tp_size: int = 1, tp_rank: int = 0, device=None, dtype=None,
+        tp_size: int = 1, tp_rank: int = 0, merge_projections: bool = True, device=None, dtype=None,
     ):
         super().__init__()
         if num_v_heads % num_k_heads != 0:
@@ -72,6 +74,12 @@ class GatedDeltaNet(nn.Module):
         self.norm = RMSNormGated(head_v_dim, eps=norm_eps, **factory)
         self.out_proj = nn.Linear(self.value_dim, hidden_size, bias=False, **factory)
         self.reset_parameters()
+        # merge_projections: one input GEMM, in_proj rows [q, k, v, z, b, a] (each head-major), stacked from the
+        # checkpoint's projections at load (the variant's _convert_projections); else the variant's own
+        self.merge_projections = merge_projections
+        if merge_projections:
+            rows = self.conv_dim + self.value_dim + 2 * self.num_v_heads
+            self.in_proj = nn.Linear(hidden_size, rows, bias=False, **factory)
 
     def reset_parameters(self) -> None:
         """Initialises the core parameters (checkpoints overwrite them; the projections init themselves)."""
@@ -90,20 +98,20 @@ class GatedDeltaNet(nn.Module):
 
     def project(self, hidden_states: torch.Tensor):
         """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim] (channels [q, k, v], heads in order),
-        z: [T, NV, DV], b: [T, NV], a: [T, NV]. Plain PyTorch only: a compiler pass matches this glue."""
-        raise NotImplementedError
-
-    def _split_merged(self, projected: torch.Tensor):
-        """The one input GEMM's output of a merged layer (``merge_projections=True``), projected:
-        [T, conv_dim + value_dim + 2*NV] with columns [q, k, v, z, b, a], each head-major, -> ``project``'s
-        (mixed_qkv, z, b, a). All four are views: no glue kernel is left between the GEMM and the core op
-        (which reads its inputs through their strides)."""
-        T, nv = projected.shape[0], self.num_v_heads
-        mixed_qkv, z, b, a = torch.split(projected, [self.conv_dim, self.value_dim, nv, nv], dim=-1)
+        z: [T, NV, DV], b: [T, NV], a: [T, NV]. Merged (the default): views of the one GEMM's output
+        [T, conv_dim + value_dim + 2*NV], columns [q, k, v, z, b, a]: no glue kernel is left between the
+        GEMM and the core op (which reads its inputs through their strides). Otherwise the variant's
+        checkpoint layout (``_project_checkpoint``)."""
+        if not self.merge_projections:
+            return self._project_checkpoint(hidden_states)
+        T, nv = hidden_states.shape[0], self.num_v_heads
+        mixed_qkv, z, b, a = torch.split(self.in_proj(hidden_states), [self.conv_dim, self.value_dim, nv, nv], dim=-1)
         return mixed_qkv, z.reshape(T, nv, self.head_v_dim), b, a
 
-    def _merged_rows(self) -> int:
-        return self.conv_dim + self.value_dim + 2 * self.num_v_heads
+    def _project_checkpoint(self, hidden_states: torch.Tensor):
+        """``project`` through the checkpoint's projections (merge_projections=False). Plain PyTorch only:
+        a compiler pass matches this glue."""
+        raise NotImplementedError
 
     def _hf_projection_shapes(self) -> dict[str, tuple[int, ...]]:
         """transformers key -> full (all ranks) shape, for the variant's input projections."""

@@ -20,13 +20,10 @@ class OlmoHybridGatedDeltaNet(GatedDeltaNet):
     hf_norm_key = "o_norm.weight"
     hf_out_proj_key = "o_proj.weight"
 
-    def __init__(self, *, merge_projections: bool = True, **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.merge_projections = merge_projections
-        factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype, "bias": False}
-        if merge_projections:
-            self.in_proj = nn.Linear(self.hidden_size, self._merged_rows(), **factory)
-        else:
+        if not self.merge_projections:
+            factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype, "bias": False}
             self.in_proj_qkvg = nn.Linear(self.hidden_size, self.conv_dim + self.value_dim, **factory)
             self.b_proj = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
             self.a_proj = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
@@ -37,10 +34,8 @@ class OlmoHybridGatedDeltaNet(GatedDeltaNet):
         return {**super()._hf_config_kwargs(config), "norm_eps": 1e-5,
                 "allow_neg_eigval": config.linear_allow_neg_eigval}
 
-    def project(self, hidden_states: torch.Tensor):
+    def _project_checkpoint(self, hidden_states: torch.Tensor):
         """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim], gate: [T, NV, DV], b, a: [T, NV]."""
-        if self.merge_projections:
-            return self._split_merged(self.in_proj(hidden_states))
         mixed_qkv, gate = torch.split(self.in_proj_qkvg(hidden_states), [self.conv_dim, self.value_dim], dim=-1)
         gate = rearrange(gate, "t (h d) -> t h d", d=self.head_v_dim)
         return mixed_qkv, gate, self.b_proj(hidden_states), self.a_proj(hidden_states)

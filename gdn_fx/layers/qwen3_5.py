@@ -15,28 +15,24 @@ class Qwen3_5GatedDeltaNet(GatedDeltaNet):
     split_projections=True keeps the checkpoint's in_proj_qkv, in_proj_z, in_proj_b, in_proj_a (four)."""
 
     def __init__(self, *, split_projections: bool = False, merge_projections: bool | None = None, **kwargs):
-        super().__init__(**kwargs)
         if split_projections and merge_projections:
             raise ValueError("split_projections=True keeps the checkpoint's four projections: it cannot be "
                              "combined with merge_projections=True")
+        super().__init__(merge_projections=not split_projections if merge_projections is None else merge_projections,
+                         **kwargs)
         self.split_projections = split_projections
-        self.merge_projections = not split_projections if merge_projections is None else merge_projections
         factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype, "bias": False}
-        if self.merge_projections:
-            self.in_proj = nn.Linear(self.hidden_size, self._merged_rows(), **factory)
-        elif split_projections:
+        if split_projections:
             self.in_proj_qkv = nn.Linear(self.hidden_size, self.conv_dim, **factory)
             self.in_proj_z = nn.Linear(self.hidden_size, self.value_dim, **factory)
             self.in_proj_b = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
             self.in_proj_a = nn.Linear(self.hidden_size, self.num_v_heads, **factory)
-        else:
+        elif not self.merge_projections:
             self.in_proj_qkvz = nn.Linear(self.hidden_size, self.conv_dim + self.value_dim, **factory)
             self.in_proj_ba = nn.Linear(self.hidden_size, 2 * self.num_v_heads, **factory)
 
-    def project(self, hidden_states: torch.Tensor):
+    def _project_checkpoint(self, hidden_states: torch.Tensor):
         """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim], z: [T, NV, DV], b, a: [T, NV]."""
-        if self.merge_projections:
-            return self._split_merged(self.in_proj(hidden_states))
         if self.split_projections:
             return self._project_split(hidden_states)
         return self._project_fused(hidden_states)

@@ -22,20 +22,15 @@ class Qwen3NextGatedDeltaNet(GatedDeltaNet):
     a through the strides of that output. False keeps the checkpoint layout (two GEMMs, and the
     interleave undone per step by the glue below, which the unpack pass fuses into one kernel)."""
 
-    def __init__(self, *, merge_projections: bool = True, **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.merge_projections = merge_projections
-        factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype, "bias": False}
-        if merge_projections:
-            self.in_proj = nn.Linear(self.hidden_size, self._merged_rows(), **factory)
-        else:
+        if not self.merge_projections:
+            factory = {"device": self.conv_weight.device, "dtype": self.conv_weight.dtype, "bias": False}
             self.in_proj_qkvz = nn.Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, **factory)
             self.in_proj_ba = nn.Linear(self.hidden_size, 2 * self.num_v_heads, **factory)
 
-    def project(self, hidden_states: torch.Tensor):
+    def _project_checkpoint(self, hidden_states: torch.Tensor):
         """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim], z: [T, NV, DV], b, a: [T, NV]."""
-        if self.merge_projections:
-            return self._split_merged(self.in_proj(hidden_states))
         T = hidden_states.shape[0]
         r = self.num_v_heads // self.num_k_heads
         qkvz = self.in_proj_qkvz(hidden_states).view(T, self.num_k_heads, -1)
