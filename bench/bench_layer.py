@@ -10,7 +10,7 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
                  (compile) is in each row as first_call_s
   gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
                  qkvz and ba GEMMs, interleaved groups, so the unpack pass has glue to fuse)
-The first three run the default layer: one merged input GEMM (rows [q, k, v, z, b, a]).
+All but the *_2gemm ones run the default layer: one merged input GEMM (rows [q, k, v, z, b, a]).
 Kernels are counted per step from the profiler, with their GPU time split into GEMMs (the
 cuBLAS/CUTLASS launches) and the rest. The byte
 floor is the weights, both state pools' rows of the batch (read and written) and the activations

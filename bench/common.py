@@ -31,7 +31,7 @@ def event_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
     it reads sizes on the host): the median over ``reps`` CUDA-event timings of ``inner`` calls."""
     for _ in range(warmup):
         fn()
-    return _median_time(fn, reps, inner)
+    return timing.median_time(fn, reps, inner)
 
 
 def host_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
@@ -49,10 +49,6 @@ def host_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
         times.append((time.perf_counter() - t) / inner)
     torch.cuda.synchronize()
     return statistics.median(times)
-
-
-def _median_time(fn, reps: int, inner: int) -> float:
-    return timing.median_time(fn, reps, inner)
 
 
 def kernel_names(fn) -> list[str]:

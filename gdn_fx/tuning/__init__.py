@@ -14,8 +14,8 @@ with size; a larger bucket's config can under-fill a small grid), else the neare
 A lookup only reads dictionaries: no timing, no device work, so warm-up and CUDA-graph capture
 never autotune. Tuning is an explicit step (``gdn_fx.tuning.sweep.tune``) that writes a file.
 
-Host cost per lookup: one dictionary read of the device's name (cached per device index) and a
-few of the tables.
+Host cost per lookup: the device's name (cached per device index), the ``GDN_FX_TUNING`` variable
+and one cached answer.
 """
 
 import functools
@@ -89,14 +89,20 @@ def _nearest(buckets: dict, b: int):
 
 def lookup(kernel: str, device: torch.device, dims, n: int, default: tuple) -> tuple:
     """The configuration of ``kernel`` for problem ``dims`` (a tuple of ints) at size ``n`` on
-    ``device``; ``default`` where no table has an entry (and on devices other than cuda)."""
+    ``device``; ``default`` where no table has an entry (and on devices other than cuda).
+    Answers are cached per (kernel, GPU model, dims, bucket, tuning file): a layer call pays a few
+    dictionary reads."""
     if device.type != "cuda":
         return default
     name = device_name(device.index if device.index is not None else torch.cuda.current_device())
+    return _lookup(kernel, name, tuple(dims), bucket(n), os.environ.get("GDN_FX_TUNING"), default)
+
+
+@functools.lru_cache(maxsize=4096)
+def _lookup(kernel: str, name: str, dims: tuple, b: int, path: str | None, default: tuple) -> tuple:
     key = _key(dims)
-    path = os.environ.get("GDN_FX_TUNING")
     for table in ((_user_table(path),) if path else ()) + (_measured(),):
         buckets = table.get(name, {}).get(kernel, {}).get(key)
         if buckets:
-            return _nearest(buckets, bucket(n))
+            return _nearest(buckets, b)
     return default

@@ -95,7 +95,7 @@ def tune(kernels=("core_decode", "norm_gate", "unpack"), NK: int = 16, NV: int =
     """{"configs": {device name: {kernel: {dims: {bucket: config}}}}, "sweep": [every timing]}."""
     name = torch.cuda.get_device_name()
     configs, sweep = {}, []
-    dims = {"core_decode": (DK, DV), "norm_gate": (DV,), "unpack": (2 * NK * DK + 2 * NV * DV + 2 * NV,)}
+    dims = {"core_decode": (DK, DV), "norm_gate": (DV,), "unpack": (sum(qwen3_next_layout(NK, NV, DK, DV)[1]),)}
     for kernel in kernels:
         for s in (sizes or SIZES)[kernel]:
             t0 = time.time()

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from gdn_fx import tuning
-from gdn_fx.ops.decode.triton_kernel import gated_delta_step, load_head
+from gdn_fx.ops.decode.triton_kernel import gated_delta_step, head_gates, load_head
 
 _COUNTERS: dict[tuple, torch.Tensor] = {}
 
@@ -125,8 +125,7 @@ def _core_decode_kernel(
         m_state = mk[:, None] & (offs_v < DV)[None, :]
         p_state = offs_k[:, None] * DV + offs_v[None, :] + i_hv * DK * DV
         if EVEN:  # whole tiles: unmasked (vector) state loads and stores under scalar branches
-            A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
-            bias = tl.load(dt_bias + i_hv).to(tl.float32)
+            A, bias = head_gates(A_log, dt_bias, i_hv)
             if live:
                 h = tl.load(state + read.to(tl.int64) * (NV * DK * DV) + p_state).to(tl.float32)
             else:

@@ -18,12 +18,18 @@ import triton.language as tl
 
 
 @triton.jit
+def head_gates(A_log, dt_bias, i_hv):
+    """Value head i_hv's A = -exp(A_log) and dt_bias, fp32."""
+    return -tl.exp(tl.load(A_log + i_hv).to(tl.float32)), tl.load(dt_bias + i_hv).to(tl.float32)
+
+
+@triton.jit
 def load_head(state, read, p_state, mask, A_log, dt_bias, i_hv, SLOT: tl.constexpr):
     """The fp32 state slice of one value head to continue from (slot ``read``, SLOT values per slot;
     masked-off lanes and NULL_SLOT rows read zeros) and the head's A = -exp(A_log) and dt_bias."""
     h = tl.load(state + tl.maximum(read, 0).to(tl.int64) * SLOT + p_state, mask=mask, other=0.0).to(tl.float32)
-    A = -tl.exp(tl.load(A_log + i_hv).to(tl.float32))
-    return h, A, tl.load(dt_bias + i_hv).to(tl.float32)
+    A, bias = head_gates(A_log, dt_bias, i_hv)
+    return h, A, bias
 
 
 @triton.jit

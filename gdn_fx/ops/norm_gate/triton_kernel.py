@@ -70,16 +70,14 @@ def _span(t: torch.Tensor) -> int:
     return sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
 
 
-def config(rows: int, group_size: int, device: torch.device | None = None) -> tuple[int, int, int]:
+def config(rows: int, group_size: int, device: torch.device) -> tuple[int, int, int]:
     """(block_r, block_d, num_warps) for ``rows`` (token, group) rows of ``group_size`` channels: the
     table measured on this GPU (``gdn_fx.tuning``), else TILE elements per program, 256 a warp."""
     block_d = triton.next_power_of_2(group_size)
     block_r = max(1, min(triton.next_power_of_2(rows), TILE // block_d))
     default = (block_r, max(1, min(16, block_r * block_d // 256)))
-    if device is not None:
-        block_r, warps = tuning.lookup("norm_gate", device, (group_size,), rows, default)
-        return max(1, min(block_r, triton.next_power_of_2(rows))), block_d, warps
-    return block_r, block_d, default[1]
+    block_r, warps = tuning.lookup("norm_gate", device, (group_size,), rows, default)
+    return max(1, min(block_r, triton.next_power_of_2(rows))), block_d, warps
 
 
 def norm_gate_triton(

@@ -170,16 +170,14 @@ def supports(sources: list[torch.Tensor], segments: list[int], widths: list[int]
     return _tables(tuple(segments), tuple(widths), sources[0].device) is not None
 
 
-def config(T: int, columns: int = 0, device: torch.device | None = None) -> tuple[int, int, int, bool]:
+def config(T: int, columns: int, device: torch.device) -> tuple[int, int, int, bool]:
     """(block_t, block_c, num_warps, wide) for T tokens and ``columns`` output columns: the table
     measured on this GPU (``gdn_fx.tuning``), else the H100 sweep's rule (bench/bench_unpack.py)."""
     if T >= 256:
         default = 4, 128, 4, 0
     else:
         default = (1, 128, 4, 0) if T > 1 else (1, 64, 1, 0)
-    if device is not None:
-        default = tuning.lookup("unpack", device, (columns,), T, default)
-    block_t, block_c, num_warps, wide = default
+    block_t, block_c, num_warps, wide = tuning.lookup("unpack", device, (columns,), T, default)
     return min(block_t, triton.next_power_of_2(T)), block_c, num_warps, bool(wide)
 
 
