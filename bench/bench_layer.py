@@ -4,7 +4,8 @@ Decode steps at B = 1, 8, 32, 256 (plain decodes, shuffled slots, captured in a 
 prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths on the host), for
   eager          layer.forward_serving as written (plain PyTorch around the gdn_fx ops)
   stock_compile  layer.compile_serving(backend="inductor") (torch.compile, fullgraph, dynamic token count)
-  gdn_fx         layer.compile_serving(backend="gdn_fx"): the unpack and norm-gate passes
+  gdn_fx         layer.compile_serving(backend="gdn_fx"): the unpack, norm-gate and skinny-GEMM passes
+  gdn_fx_cublas  gdn_fx without the skinny-GEMM pass (its projections stay cuBLAS, as stock compile's)
   gdn_fx_max_autotune  gdn_fx with Inductor's max_autotune (its GEMM templates benchmarked against cuBLAS
                  at compile time, for the token count of the first call: dynamic shapes); first-call time
                  (compile) is in each row as first_call_s
@@ -35,7 +36,7 @@ from gdn_fx import Request, build_metadata  # noqa: E402
 from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
-VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm")
+VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm")
 
 HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
@@ -70,6 +71,7 @@ def main():
         "eager": lambda: layer.forward_serving,
         "stock_compile": lambda: layer.compile_serving(backend="inductor"),
         "gdn_fx": lambda: layer.compile_serving(backend="gdn_fx"),
+        "gdn_fx_cublas": lambda: layer.compile_serving(backend="gdn_fx", options={"passes": ("unpack", "norm_gate")}),
         "gdn_fx_max_autotune": lambda: layer.compile_serving(backend="gdn_fx", options={"max_autotune": True}),
         "gdn_fx_2gemm": lambda: layers[False].compile_serving(backend="gdn_fx"),
         "stock_compile_2gemm": lambda: layers[False].compile_serving(backend="inductor"),

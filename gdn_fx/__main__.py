@@ -146,13 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument("--plot-only", action="store_true", help="only print the tables and render the JSONs in --out")
     tun = sub.add_parser(
         "tune", formatter_class=fmt, help="measure the fused kernels' configurations on this GPU into a file",
-        description="Times every candidate configuration of the fused kernels (core decode, norm-gate, unpack) at "
+        description="Times every candidate configuration of the fused kernels (core decode, norm-gate, unpack, and the skinny GEMM against cuBLAS) at "
                     "each size bucket on this CUDA device and writes the fastest per bucket as JSON. Point "
                     "GDN_FX_TUNING at the file to use it; without it, the tables measured for this GPU model in "
                     "gdn_fx/tuning/measured.py apply, else each kernel's rule of thumb. Nothing is tuned at run time.")
     tun.add_argument("--out", default="gdn_fx_tuning.json", help="JSON file to write")
-    tun.add_argument("--kernels", default="core_decode,norm_gate,unpack", help="comma-separated subset")
+    tun.add_argument("--kernels", default="core_decode,norm_gate,unpack,linear,norm_gate_linear", help="comma-separated subset")
     tun.add_argument("--dims", default="16,32,128,128", help="NK,NV,DK,DV of the model (default: Qwen3-Next)")
+    tun.add_argument("--hidden", type=int, default=2048, help="the model's hidden size (the projections' K / N)")
     sub.add_parser("tp-demo", add_help=False,
                    help="a layer sharded over N ranks against one process (python -m gdn_fx tp-demo --help)")
     return parser
@@ -174,7 +175,7 @@ def tune(args, parser, prog) -> int:
     if not torch.cuda.is_available():
         print(f"{prog}: tuning times kernels on a CUDA device, and none is available", file=sys.stderr)
         return 2
-    result = run_tune(kernels, NK, NV, DK, DV)
+    result = run_tune(kernels, NK, NV, DK, DV, args.hidden)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {args.out}: use it with GDN_FX_TUNING={args.out}")

@@ -68,3 +68,28 @@ def test_layer_decode_step_kernel_budget(variant):
     assert len(others) <= 2 and not any("unpack" in n for n in others), others
     assert len(gemms) == 2, gemms
     assert sum("core_decode" in n for n in names) == 1, names
+
+
+@pytest.mark.gpu
+def test_qwen3_next_one_token_step_is_three_kernels():
+    """The moonshot, where this GPU's table has the fused out_proj (the H200): a Qwen3-Next layer's decode
+    step at one token is the input GEMM, the core decode and out_proj with the norm-gate in its prologue."""
+    from gdn_fx import Request, build_metadata
+    from gdn_fx.demo import random_hf_state_dict
+    from gdn_fx.layers import Qwen3NextGatedDeltaNet
+    from gdn_fx.tuning import ATEN_CONFIG, lookup
+
+    if lookup("norm_gate_linear", torch.device("cuda"), (2048, 4096, 128), 1, ATEN_CONFIG) == ATEN_CONFIG:
+        pytest.skip(f"no fused out_proj config measured for {torch.cuda.get_device_name()}")
+    torch._dynamo.reset()
+    layer = Qwen3NextGatedDeltaNet(hidden_size=2048, num_k_heads=16, num_v_heads=32, head_k_dim=128, head_v_dim=128,
+                                   device="cuda", dtype=torch.bfloat16)
+    layer.load_hf_state_dict(random_hf_state_dict(layer))
+    layer = layer.eval().requires_grad_(False)
+    step = compile_fresh(layer.forward_serving, RecordingBackend(), dynamic=True)
+    pools = layer.allocate_state(4)
+    meta = build_metadata([Request(1, 2, num_computed_tokens=4)], num_slots=4, device="cuda", pad_to=1)
+    h = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+    names = cuda_kernels(lambda: step(h, *pools, meta))
+    assert len(names) == 3 and sum("skinny_gemm" in n for n in names) == 2, names
+    assert sum("core_decode" in n for n in names) == 1, names

@@ -11,6 +11,7 @@ from gdn_fx.ops.core import gdn_core
 from gdn_fx.ops.decode import fused_recurrent_decode
 from gdn_fx.ops.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from gdn_fx.ops.gating import gating
+from gdn_fx.ops.linear import linear, norm_gate_linear
 from gdn_fx.ops.norm_gate import norm_gate
 from gdn_fx.ops.unpack import unpack
 
@@ -22,7 +23,9 @@ __all__ = [
     "fused_recurrent_decode",
     "gating",
     "gdn_core",
+    "linear",
     "norm_gate",
+    "norm_gate_linear",
     "recurrent_gated_delta_rule",
     "registry",
     "unpack",

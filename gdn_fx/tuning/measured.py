@@ -4,11 +4,17 @@ TABLE[device name][kernel][dims][bucket] = config, where dims and the size that 
 those of ``gdn_fx.tuning.sweep``:
 - core_decode: dims "DKxDV", size sequences x value heads, config (BV, num_warps, tiles per program);
 - norm_gate: dims "group size", size rows (tokens x groups), config (block_r, num_warps);
-- unpack: dims "output columns", size tokens, config (block_t, block_c, num_warps, wide).
+- unpack: dims "output columns", size tokens, config (block_t, block_c, num_warps, wide);
+- linear: dims "NxK" (weight rows x columns), size tokens (rows M), config (block_m, block_n, block_k,
+  num_warps, num_stages, split), all zeros for "ATen's matmul (cuBLAS) is as fast or faster";
+- norm_gate_linear: dims "NxKxgroup size", size tokens, config as linear's, all zeros for "the
+  norm-gate kernel and then linear are as fast or faster".
 
 NVIDIA H200 (torch 2.11, Triton 3.6), Qwen3-Next dims, 2026-11-30: every timing of the sweeps is in
-bench/results/tuning_h200.json. Where two configs lie within a few percent (the small sizes, which
-launch latency dominates), the table holds the one that measured fastest.
+bench/results/tuning_h200.json (linear: tuning_linear_h200.json; its sweep cycles through 256 MB of
+weight copies, so that no candidate reads its weight from L2). Where two configs lie within a few
+percent (the small sizes, which launch latency dominates), the table holds the one that measured
+fastest.
 """
 
 TABLE: dict = {
@@ -26,6 +32,16 @@ TABLE: dict = {
         "unpack": {
             "12352": {1: (1, 256, 4, 0), 8: (2, 256, 4, 0), 32: (4, 256, 8, 1), 128: (8, 64, 4, 0),
                       512: (4, 128, 4, 0), 2048: (4, 128, 4, 0), 4096: (4, 128, 4, 0), 16384: (4, 128, 4, 0)},
+        },
+        "linear": {  # Qwen3-Next's merged in_proj and its out_proj; from 128 rows on cuBLAS is as fast
+            "12352x2048": {1: (1, 16, 256, 4, 1, 1), 2: (16, 32, 128, 4, 3, 1), 8: (16, 32, 128, 4, 3, 1),
+                           16: (16, 32, 128, 4, 3, 1), 32: (32, 32, 128, 4, 3, 1), 64: (64, 64, 128, 4, 3, 1),
+                           128: (0, 0, 0, 0, 0, 0)},
+            "2048x4096": {1: (1, 4, 1024, 8, 1, 1), 2: (16, 32, 256, 4, 3, 4), 16: (16, 32, 256, 4, 3, 4),
+                          32: (32, 32, 256, 4, 3, 4), 64: (64, 32, 256, 4, 3, 2), 128: (0, 0, 0, 0, 0, 0)},
+        },
+        "norm_gate_linear": {  # out_proj with the norm-gate in front: one launch wins at one row only
+            "2048x4096x128": {1: (1, 8, 1024, 8, 1, 1), 2: (0, 0, 0, 0, 0, 0)},
         },
     },
 }

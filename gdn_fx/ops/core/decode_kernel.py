@@ -14,8 +14,8 @@ them while another could still read. With one program per key head (TPP = all it
 program shifts them after its reads. Otherwise each program, once its reads are done, increments a
 per-(sequence, key head) counter (acq_rel), and the program that arrives last shifts the q/k
 state and resets the counter to zero for the next launch (the "last block" pattern of split-K
-reductions; no program ever waits, so there is no deadlock). The counters live in a per-device,
-per-stream scratch tensor that is zero between launches.
+reductions; no program ever waits, so there is no deadlock). The counters are
+``gdn_fx.ops.scratch``'s: zero between launches.
 
 Whole tiles (BK = DK, BV dividing DV) load and store unmasked under scalar branches, and without
 speculative columns (one slot column) the state's slot is known without reading
@@ -31,10 +31,8 @@ import triton
 import triton.language as tl
 
 from gdn_fx import tuning
+from gdn_fx.ops import scratch
 from gdn_fx.ops.decode.triton_kernel import gated_delta_step, head_gates, load_head
-
-_COUNTERS: dict[tuple, torch.Tensor] = {}
-
 
 @triton.jit
 def _conv_silu(p_s, p_x, p_w, b, o, m, stride_sl, stride_x, j: tl.constexpr, W: tl.constexpr):
@@ -189,15 +187,6 @@ def _core_decode_kernel(
                     tl.atomic_xchg(counter, 0, sem="relaxed")
 
 
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed int32 scratch of at least n counters for the current stream (the kernel leaves it zeroed)."""
-    key = (device, torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < n:
-        buf = _COUNTERS[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-    return buf
-
-
 def supports(x, conv_weight, conv_state, ssm_state, state_indices) -> bool:
     W = conv_weight.shape[1]
     return (x.stride(-1) == 1 and conv_weight.stride(1) == 1 and ssm_state.is_contiguous() and state_indices.stride(1) == 1
@@ -247,7 +236,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     grid = (tiles // tpp, num_k_heads, N)
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
-        num_accepted_tokens, out, _counters(x.device, N * num_k_heads),
+        num_accepted_tokens, out, scratch.counters(x.device, N * num_k_heads),
         x.stride(0), conv_weight.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale, T, N,
         NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=S, W=W,

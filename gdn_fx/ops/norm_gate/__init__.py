@@ -27,7 +27,7 @@ from gdn_fx.ops.norm_gate.reference import ACTIVATIONS, norm_gate_reference
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def _validate(x, z, weight, eps, group_size, norm_before_gate, activation, eps_tensor=None):
+def validate(x, z, weight, eps, group_size, norm_before_gate, activation, eps_tensor=None):
     checks.dtype("x", x, DTYPES)
     checks.dtype("z", z, DTYPES)
     checks.dtype("weight", weight, DTYPES)
@@ -49,7 +49,7 @@ def _validate(x, z, weight, eps, group_size, norm_before_gate, activation, eps_t
                     f"{list(eps_tensor.shape)} on {eps_tensor.device}")
 
 
-@registry.define("norm_gate", mutates_args=(), validate=_validate)
+@registry.define("norm_gate", mutates_args=(), validate=validate)
 def _norm_gate(
     x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, group_size: int, norm_before_gate: bool,
     activation: str, eps_tensor: torch.Tensor | None = None,

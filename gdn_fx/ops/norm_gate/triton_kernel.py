@@ -24,6 +24,24 @@ MAX_GROUP = 8192  # larger groups: the reference (a row no longer fits the regis
 
 
 @triton.jit
+def gated_rms_norm(b_x, b_z, b_w, eps, GS: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID: tl.constexpr):
+    """[R, G] fp32 tiles of x, z and the weight, a row a group of GS channels (columns past GS zero)
+    -> the gated RMS norm of each row, fp32: RMSNormGated's operations in its order. Shared with the
+    skinny GEMM's norm-gate prologue (gdn_fx.ops.linear)."""
+    if SIGMOID:
+        b_g = tl.sigmoid(b_z)
+    else:
+        b_g = b_z / (1.0 + tl.exp(-b_z))
+    if not NORM_BEFORE_GATE:
+        b_x = b_x * b_g
+    b_rstd = tl.rsqrt(tl.sum(b_x * b_x, axis=1) / GS + eps)
+    b_h = b_x * b_rstd[:, None] * b_w
+    if NORM_BEFORE_GATE:
+        b_h = b_h * b_g
+    return b_h
+
+
+@triton.jit
 def _norm_gate_kernel(
     x, z, w, y, eps, R, sx0, sx1, sx2, sz0, sz1, sz2,
     G: tl.constexpr, GS: tl.constexpr, DX: tl.constexpr, DZ: tl.constexpr, DW: tl.constexpr,
@@ -44,21 +62,11 @@ def _norm_gate_kernel(
     b_x = tl.load(p_x, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
     b_z = tl.load(p_z, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
     b_w = tl.load(w + (c0 % DW)[:, None] + j[None, :], mask=mask, other=0.0).to(tl.float32)
-    # gate, then RMS over the group, in RMSNormGated's order of operations
-    if SIGMOID:
-        b_g = tl.sigmoid(b_z)
-    else:
-        b_g = b_z / (1.0 + tl.exp(-b_z))
-    if not NORM_BEFORE_GATE:
-        b_x = b_x * b_g
-    b_rstd = tl.rsqrt(tl.sum(b_x * b_x, axis=1) / GS + eps)
-    b_h = b_x * b_rstd[:, None] * b_w
-    if NORM_BEFORE_GATE:
-        b_h = b_h * b_g
+    b_h = gated_rms_norm(b_x, b_z, b_w, eps, GS, NORM_BEFORE_GATE, SIGMOID)
     tl.store(y + i_r[:, None] * GS + j[None, :], b_h.to(y.dtype.element_ty), mask=mask)
 
 
-def _layout(t: torch.Tensor) -> tuple[tuple[int, int, int], int]:
+def layout(t: torch.Tensor) -> tuple[tuple[int, int, int], int]:
     """[T, C] or [T, A, B] -> (row, inner-row, channel strides), channels per inner row."""
     if t.dim() == 2:
         return (t.stride(0), 0, t.stride(1)), t.shape[1]
@@ -86,7 +94,7 @@ def norm_gate_triton(
 ) -> torch.Tensor:
     """Same contract as ``norm_gate_reference``; falls back to it where a group would straddle an
     inner row of x or z, or is larger than MAX_GROUP. ``tile`` overrides ``config`` (for bench/)."""
-    (sx, DX), (sz, DZ) = _layout(x), _layout(z)
+    (sx, DX), (sz, DZ) = layout(x), layout(z)
     if DX % group_size or DZ % group_size or group_size > MAX_GROUP:
         return norm_gate_reference(x, z, weight, eps, group_size, norm_before_gate, activation, eps_tensor)
     T, C = x.shape[0], math.prod(x.shape[1:])

@@ -1,0 +1,93 @@
+"""``gdn_fx::linear``: a projection, y = x @ weight.T, that is fast at the few rows of a decode step,
+and ``gdn_fx::norm_gate_linear``: the same with the norm-gate computed in its prologue.
+
+    linear(x, weight)
+    x:      [M, K]: bf16, fp16 or fp32, any strides
+    weight: [N, K]: x's dtype (a Linear's weight, as stored)
+    returns y: [M, N] contiguous, x's dtype (fp32 accumulation)
+
+    norm_gate_linear(x, z, norm_weight, eps, group_size, norm_before_gate, activation, eps_tensor, weight)
+    = linear(norm_gate(x, z, norm_weight, ...), weight): x, z, norm_weight and the rest as
+    ``gdn_fx::norm_gate`` takes them (K = x's channels), weight [N, K] in x's dtype
+
+The skinny-GEMM pass (``gdn_fx.passes.linear``) puts these ops where a compiled graph held
+``mm(x, permute(weight))`` (and ``x = norm_gate(...)`` read by nothing else). Backends: the
+references (ATen's matmul after the norm-gate's reference) everywhere; on cuda a Triton skinny GEMM,
+with the norm-gate in its prologue, for the sizes the GPU's tuning table says it wins, and the
+norm-gate kernel and ATen's matmul for the others.
+"""
+
+import math
+
+import torch
+
+from gdn_fx.ops import checks, registry
+from gdn_fx.ops.linear.reference import linear_reference, norm_gate_linear_reference
+from gdn_fx.ops.norm_gate import validate as validate_norm_gate
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _validate(x, weight):
+    checks.dtype("x", x, DTYPES)
+    if weight.dtype != x.dtype:
+        checks.fail(f"weight has dtype {weight.dtype} but x has {x.dtype}")
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        checks.fail(f"x must have shape [M, K] and weight [N, K], got x {list(x.shape)} and weight "
+                    f"{list(weight.shape)}")
+    checks.same_device("x", x, weight=weight)
+
+
+def _validate_norm(x, z, norm_weight, eps, group_size, norm_before_gate, activation, eps_tensor, weight):
+    validate_norm_gate(x, z, norm_weight, eps, group_size, norm_before_gate, activation, eps_tensor)
+    K = math.prod(x.shape[1:])
+    if weight.dtype != x.dtype:
+        checks.fail(f"weight has dtype {weight.dtype} but x has {x.dtype}")
+    if weight.dim() != 2 or weight.shape[1] != K:
+        checks.fail(f"weight must have shape [N, K={K}] (K: x's channels), got {list(weight.shape)}")
+    checks.same_device("x", x, weight=weight)
+
+
+@registry.define("linear", mutates_args=(), validate=_validate)
+def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return linear_reference(x, weight)
+
+
+@_linear.register_fake
+def _(x, weight):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+registry.register_optional_kernel("linear", "cuda", "gdn_fx.ops.linear.triton_kernel", "linear_triton")
+
+
+@registry.define("norm_gate_linear", mutates_args=(), validate=_validate_norm)
+def _norm_gate_linear(
+    x: torch.Tensor, z: torch.Tensor, norm_weight: torch.Tensor, eps: float, group_size: int, norm_before_gate: bool,
+    activation: str, eps_tensor: torch.Tensor | None, weight: torch.Tensor,
+) -> torch.Tensor:
+    return norm_gate_linear_reference(x, z, norm_weight, eps, group_size, norm_before_gate, activation, eps_tensor,
+                                      weight)
+
+
+@_norm_gate_linear.register_fake
+def _(x, z, norm_weight, eps, group_size, norm_before_gate, activation, eps_tensor, weight):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+registry.register_optional_kernel("norm_gate_linear", "cuda", "gdn_fx.ops.linear.triton_kernel",
+                                  "norm_gate_linear_triton")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x: [M, K], weight: [N, K] -> x @ weight.T: [M, N]."""
+    return torch.ops.gdn_fx.linear(x, weight)
+
+
+def norm_gate_linear(x: torch.Tensor, z: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, *,
+                     eps: float = 1e-6, group_size: int | None = None, norm_before_gate: bool = True,
+                     activation: str = "silu", eps_tensor: torch.Tensor | None = None) -> torch.Tensor:
+    """linear(norm_gate(x, z, norm_weight, ...), weight): [M, N] (arguments as ``norm_gate``'s)."""
+    group_size = norm_weight.numel() if group_size is None else group_size
+    return torch.ops.gdn_fx.norm_gate_linear(x, z, norm_weight, eps, group_size, norm_before_gate, activation,
+                                             eps_tensor, weight)
