@@ -213,11 +213,10 @@ def test_pass_does_not_fire(on_cpu, case):
         _not_fired(lambda x: torch.bmm(x, wb.transpose(1, 2)), torch.randn(3, 5, 24, generator=g).bfloat16())
 
 
-@pytest.mark.parametrize("ratio", [2])
-def test_layer_projections(on_cpu, variant, make_layer, ratio):
-    """A bf16 layer's decode/prefill step: its merged input projection and out_proj become gdn_fx.linear
-    (OLMo-Hybrid keeps b/a apart in fp32 by default: those stay ATen), same bits as the passes-off compile."""
-    layer = make_layer().to(torch.bfloat16)
+def _layer_steps(layer):
+    """A bf16 layer's mixed step compiled with the passes and without: (recording backend, output with
+    the passes, output without, the two state pools)."""
+    layer = layer.to(torch.bfloat16)
     rec, off = RecordingBackend(), RecordingBackend(passes=())
     fused = compile_fresh(layer.forward_serving, rec, dynamic=True)
     plain = compile_fresh(layer.forward_serving, off, dynamic=True)
@@ -225,7 +224,15 @@ def test_layer_projections(on_cpu, variant, make_layer, ratio):
              for _ in range(2)]
     meta = build_metadata([Request(1, 2, num_computed_tokens=5), Request(12, 4)], num_slots=6)
     h = torch.randn(13, layer.hidden_size).bfloat16()
-    assert torch.equal(fused(h, *pools[0], meta), plain(h, *pools[1], meta))
+    return rec, fused(h, *pools[0], meta), plain(h, *pools[1], meta), pools
+
+
+@pytest.mark.parametrize("ratio", [2])
+def test_layer_projections(on_cpu, variant, make_layer, ratio):
+    """A bf16 layer's decode/prefill step: its merged input projection and out_proj become gdn_fx.linear
+    (OLMo-Hybrid keeps b/a apart in fp32 by default: those stay ATen), same bits as the passes-off compile."""
+    rec, got, want, pools = _layer_steps(make_layer())
+    assert torch.equal(got, want)
     for a, b in zip(pools[0], pools[1]):
         assert torch.equal(a, b)
     fired = rec.graph_counts[0]["linear"]
@@ -285,6 +292,17 @@ def test_norm_gate_linear_cuda():
     _check("cuda", cases, NGL_CHECK)
 
 
+@pytest.mark.parametrize("w_shape,dtype,words", [
+    ((40, 100), torch.bfloat16, ["weight", "[N, K=192]", "[40, 100]"]),
+    ((40, 192), torch.float32, ["weight", "float32", "bfloat16"]),
+])
+def test_norm_gate_linear_bad_input_raises(w_shape, dtype, words):
+    x, z, nw = torch.randn(3, 2, 96).bfloat16(), torch.randn(3, 2, 96).bfloat16(), torch.randn(96).bfloat16()
+    with pytest.raises(ValueError) as err:
+        ops.norm_gate_linear(x, z, nw, torch.randn(w_shape).to(dtype))
+    assert all(s in str(err.value) for s in words), str(err.value)
+
+
 def test_norm_gate_linear_falls_back_where_it_cannot_fuse():
     """Groups that a K step cannot hold whole (96 channels), or no config: the two kernels' result."""
     from gdn_fx.ops.linear.reference import norm_gate_linear_reference
@@ -303,14 +321,7 @@ def test_layer_norm_gate_moves_into_out_proj(on_cpu, monkeypatch, variant, make_
     from gdn_fx.passes import NormGateFusionPass
 
     monkeypatch.setitem(PASSES, "norm_gate", functools.partial(NormGateFusionPass, devices=("cpu",)))
-    layer = make_layer().to(torch.bfloat16)
-    rec, off = RecordingBackend(), RecordingBackend(passes=())
-    fused = compile_fresh(layer.forward_serving, rec, dynamic=True)
-    plain = compile_fresh(layer.forward_serving, off, dynamic=True)
-    pools = [tuple(p.normal_(generator=torch.Generator().manual_seed(0)) for p in layer.allocate_state(6))
-             for _ in range(2)]
-    meta = build_metadata([Request(1, 2, num_computed_tokens=5), Request(12, 4)], num_slots=6)
-    h = torch.randn(13, layer.hidden_size).bfloat16()
-    torch.testing.assert_close(fused(h, *pools[0], meta), plain(h, *pools[1], meta), rtol=2**-6, atol=2e-2)
+    rec, got, want, pools = _layer_steps(make_layer())
+    torch.testing.assert_close(got, want, rtol=2**-6, atol=2e-2)
     after = rec.after[0]
     assert after["gdn_fx.norm_gate_linear"] == 1 and after["gdn_fx.norm_gate"] == 0, rec.graphs_after[0]

@@ -28,7 +28,7 @@ import triton.language as tl
 from gdn_fx import tuning
 from gdn_fx.ops import scratch
 from gdn_fx.ops.linear.reference import linear_reference
-from gdn_fx.ops.norm_gate.triton_kernel import gated_rms_norm, layout
+from gdn_fx.ops.norm_gate.triton_kernel import gated_rms_norm, layout, norm_gate_triton
 
 ATEN = tuning.ATEN_CONFIG  # (block_m, block_n, block_k, num_warps, num_stages, split) that means ATen
 
@@ -150,8 +150,6 @@ def norm_gate_linear_triton(
 ) -> torch.Tensor:
     """Same contract as ``norm_gate_linear_reference``: one launch where the table has a config for
     this size whose K steps hold whole groups, else the norm-gate kernel and then ``linear_triton``."""
-    from gdn_fx.ops.norm_gate.triton_kernel import norm_gate_triton
-
     M, K = x.shape[0], math.prod(x.shape[1:])
     cfg = cfg or tuning.lookup("norm_gate_linear", x.device, (weight.shape[0], K, group_size), M, ATEN)
     (_, DX), (_, DZ) = layout(x), layout(z)
