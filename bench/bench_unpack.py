@@ -7,14 +7,14 @@ output (mixed_qkv, z, b, a) handed to an opaque op that reads them:
   stock_compile    the same function under torch.compile (Inductor, no gdn_fx pass)
   flatten_cat      vLLM's hand-contorted flatten-cat-slice form, under stock torch.compile
   gdn_fx           the transformers spelling under torch.compile(backend=gdn_fx)
-Reports kernels per call, CUDA-graph replay time, and the fraction of the copy
+Reports kernels per call, CUDA-graph replay time (median of ROUNDS interleaved rounds), and the fraction of the copy
 bandwidth measured in the same run (floor = bytes read + written / bandwidth).
 
     python bench/bench_unpack.py --out bench/results
 """
 
 import argparse
-import itertools
+import statistics
 import sys
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import copy_bandwidth, device_info, graph_time, kernel_names, save  # noqa: E402
+from bench.common import copy_bandwidth, device_info, graph_time, interleaved_graph_times, kernel_names, save  # noqa: E402
 from gdn_fx.backend import make_backend  # noqa: E402
 from tests.fusion import consume  # noqa: E402,F401  (registers gdn_fx_test::consume)
 
@@ -30,6 +30,7 @@ NK, NV, DK, DV = 16, 32, 128, 128
 R = NV // NK
 QKVZ, BA = 2 * NK * DK + 2 * NV * DV, 2 * NV
 TOKENS = (1, 32, 256, 4096, 16384)
+ROUNDS = 7  # interleaved timing rounds per size; the median is reported
 
 
 def glue(x):
@@ -106,23 +107,23 @@ def main():
             "gdn_fx": torch.compile(consumed(glue), backend=backend, dynamic=False),
         }
         ref = glue(x)
-        for name, fn in variants.items():
-            call = fn if name == "eager" else (lambda fn=fn: fn(x))
-            if name == "gdn_fx":  # the fused outputs, bit for bit
-                got = torch.compile(lambda x: torch.ops.gdn_fx_test.sink(list(glue(x))), backend=make_backend(),
-                                    dynamic=False)(x)
-                assert all(torch.equal(g, w) for g, w in zip(got, ref))
-            kernels = kernel_names(call)
-            t = graph_time(call)
-            rows.append({"T": T, "variant": name, "kernels": len(kernels), "us": t * 1e6,
-                         "bandwidth_pct": 100 * floor / t, "floor_us": floor * 1e6,
-                         "kernel_names": kernels[:8]})
-            print(f"T={T:6d} {name:14s} kernels={len(kernels)} {t * 1e6:9.1f} us  "
-                  f"{100 * floor / t:5.1f}% of copy bw (floor {floor * 1e6:.1f} us)", flush=True)
+        calls = {name: fn if name == "eager" else (lambda fn=fn: fn(x)) for name, fn in variants.items()}  # noqa: B023
+        got = torch.compile(lambda x: torch.ops.gdn_fx_test.sink(list(glue(x))), backend=make_backend(), dynamic=False)(x)
+        assert all(torch.equal(g, w) for g, w in zip(got, ref))  # the fused outputs, bit for bit
+        kernels = {name: kernel_names(call) for name, call in calls.items()}
+        times = interleaved_graph_times(calls, rounds=ROUNDS)
+        for name, ts in times.items():
+            t = statistics.median(ts)
+            rows.append({"T": T, "variant": name, "kernels": len(kernels[name]), "us": t * 1e6,
+                         "rounds_us": [v * 1e6 for v in ts], "bandwidth_pct": 100 * floor / t, "floor_us": floor * 1e6,
+                         "kernel_names": kernels[name][:8]})
+            print(f"T={T:6d} {name:14s} kernels={len(kernels[name])} {t * 1e6:9.1f} us (rounds {min(ts) * 1e6:.1f}-"
+                  f"{max(ts) * 1e6:.1f})  {100 * floor / t:5.1f}% of copy bw (floor {floor * 1e6:.1f} us)", flush=True)
         # (no check of backend.match_counts: a graph from Inductor's FX cache is not passed again)
         assert next(r for r in rows if r["T"] == T and r["variant"] == "gdn_fx")["kernels"] == 1
     # tile-height sweep of the kernel alone (to check the launcher's choice)
     from gdn_fx.ops.unpack.triton_kernel import config, unpack_triton
+    from gdn_fx.tuning.sweep import candidates
 
     sweep = []
     for T in args.sweep_tokens:
@@ -130,9 +131,7 @@ def main():
         floor = 2 * x.numel() * x.element_size() / bw
         segs, widths = _layout(x)
         best = None
-        tiles = [(*t, False) for t in itertools.product((1, 2, 4, 8), (64, 128, 256), (2, 4, 8))]
-        tiles += [(*t, True) for t in itertools.product((1, 2, 4), (256, 1024), (4, 8))]
-        for tile in tiles:
+        for tile in [(*c[:3], bool(c[3])) for c in candidates("unpack", (sum(widths),))]:  # the tuner's space
             if tile[0] > T:
                 continue
             t = graph_time(lambda tile=tile: unpack_triton([x], segs, widths, tile=tile), reps=10, inner=20)

@@ -26,6 +26,21 @@ def graph_time(fn, reps: int = 20, inner: int = 50, warmup: int = 3) -> float:
     return timing.graph_time(fn, reps, inner, warmup)
 
 
+def interleaved_graph_times(fns: dict, rounds: int = 5, reps: int = 10, inner: int = 50) -> dict:
+    """{name: [seconds per replay, one per round]}: each fn captured in its own CUDA graph once, then
+    timed round after round, every variant in each round. Small sizes are launch-bound and drift with
+    the clocks between runs by up to 2x; interleaving gives every variant the same drift, and the
+    median of the rounds drops the outliers."""
+    graphs = {name: timing.capture(fn) for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, g in graphs.items():
+            for _ in range(3):
+                g.replay()
+            times[name].append(timing.median_time(g.replay, reps, inner))
+    return times
+
+
 def event_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
     """Seconds per call of ``fn`` run eagerly back to back (for work that cannot be captured, e.g.
     it reads sizes on the host): the median over ``reps`` CUDA-event timings of ``inner`` calls."""
