@@ -11,10 +11,11 @@ those of ``gdn_fx.tuning.sweep``:
   norm-gate kernel and then linear are as fast or faster".
 
 NVIDIA H200 (torch 2.11, Triton 3.6), Qwen3-Next dims, 2026-11-30: every timing of the sweeps is in
-bench/results/tuning_h200.json (linear: tuning_linear_h200.json; its sweep cycles through 256 MB of
-weight copies, so that no candidate reads its weight from L2). Where two configs lie within a few
-percent (the small sizes, which launch latency dominates), the table holds the one that measured
-fastest.
+bench/results/tuning_h200.json. unpack was retuned on 2026-12-01 after a change to its kernel
+(tuning_unpack_h200.json). linear: tuning_linear_h200.json; its
+sweep cycles through 256 MB of weight copies, so that no candidate reads its weight from L2. Where
+two configs lie within a few percent (the small sizes, which launch latency dominates), the table
+holds the one that measured fastest.
 """
 
 TABLE: dict = {
@@ -29,9 +30,9 @@ TABLE: dict = {
                     16384: (8, 4), 32768: (32, 16), 65536: (8, 4), 131072: (4, 2), 262144: (4, 1),
                     524288: (4, 1)},
         },
-        "unpack": {
-            "12352": {1: (1, 256, 4, 0), 8: (2, 256, 4, 0), 32: (4, 256, 8, 1), 128: (8, 64, 4, 0),
-                      512: (4, 128, 4, 0), 2048: (4, 128, 4, 0), 4096: (4, 128, 4, 0), 16384: (4, 128, 4, 0)},
+        "unpack": {  # 2026-12-01, after the contiguous path's 16-byte vectors (tuning_unpack_h200.json)
+            "12352": {1: (1, 1024, 8, 1), 8: (4, 256, 4, 1), 32: (8, 128, 4, 0), 128: (8, 128, 2, 0),
+                      512: (16, 256, 4, 0), 2048: (16, 128, 4, 0), 4096: (8, 128, 2, 0), 16384: (16, 256, 8, 0)},
         },
         "linear": {  # Qwen3-Next's merged in_proj and its out_proj; from 128 rows on cuBLAS is as fast
             "12352x2048": {1: (1, 16, 256, 4, 1, 1), 2: (16, 32, 128, 4, 3, 1), 8: (16, 32, 128, 4, 3, 1),

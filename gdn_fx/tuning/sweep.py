@@ -35,7 +35,8 @@ def candidates(kernel: str, dims: tuple) -> list[tuple]:
         return [(r, w) for r, w in itertools.product((1, 2, 4, 8, 16, 32, 64), (1, 2, 4, 8, 16))
                 if 32 <= r * bd // w <= 1024]
     if kernel == "unpack":
-        tiles = [(*t, 0) for t in itertools.product((1, 2, 4, 8), (64, 128, 256), (2, 4, 8))]
+        tiles = [(bt, bc, w, 0) for bt, bc, w in itertools.product((1, 2, 4, 8, 16, 32), (64, 128, 256), (2, 4, 8))
+                 if bt * bc // (32 * w) <= 64]  # at most 64 elements a thread
         return tiles + [(*t, 1) for t in itertools.product((1, 2, 4), (256, 1024), (4, 8))]
     if kernel == "linear":  # dims (N, K, M) -> (block_m, block_n, block_k, num_warps, num_stages, split); ATEN: cuBLAS
         from gdn_fx.ops.linear.triton_kernel import ATEN

@@ -24,50 +24,51 @@ BLOCK_C = 128
 
 
 @triton.jit
-def _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC: tl.constexpr):
-    """The tile at (rows, src_col) of source ``s`` (uniform per program)."""
+def _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC: tl.constexpr,
+               EVICT: tl.constexpr):
+    """The tile at (rows, src_col) of source ``s`` (uniform per program), loaded with eviction policy EVICT."""
     x = tl.zeros(mask.shape, dtype=s0.dtype.element_ty)
     if s == 0:
-        x = tl.load(s0 + rows[:, None] * ss0 + src_col, mask=mask, eviction_policy="evict_first")
+        x = tl.load(s0 + rows[:, None] * ss0 + src_col, mask=mask, eviction_policy=EVICT)
     if NUM_SRC > 1:
         if s == 1:
-            x = tl.load(s1 + rows[:, None] * ss1 + src_col, mask=mask, eviction_policy="evict_first")
+            x = tl.load(s1 + rows[:, None] * ss1 + src_col, mask=mask, eviction_policy=EVICT)
     if NUM_SRC > 2:
         if s == 2:
-            x = tl.load(s2 + rows[:, None] * ss2 + src_col, mask=mask, eviction_policy="evict_first")
+            x = tl.load(s2 + rows[:, None] * ss2 + src_col, mask=mask, eviction_policy=EVICT)
     if NUM_SRC > 3:
         if s == 3:
-            x = tl.load(s3 + rows[:, None] * ss3 + src_col, mask=mask, eviction_policy="evict_first")
+            x = tl.load(s3 + rows[:, None] * ss3 + src_col, mask=mask, eviction_policy=EVICT)
     return x
 
 
 @triton.jit
 def _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask,
-                NUM_OUT: tl.constexpr):
-    """Stores the tile at (rows, c) of output ``o`` (uniform per program)."""
+                NUM_OUT: tl.constexpr, CACHE: tl.constexpr):
+    """Stores the tile at (rows, c) of output ``o`` (uniform per program), with cache modifier CACHE."""
     if o == 0:
-        tl.store(o0 + rows[:, None] * w0 + c, x, mask=mask)
+        tl.store(o0 + rows[:, None] * w0 + c, x, mask=mask, cache_modifier=CACHE)
     if NUM_OUT > 1:
         if o == 1:
-            tl.store(o1 + rows[:, None] * w1 + c, x, mask=mask)
+            tl.store(o1 + rows[:, None] * w1 + c, x, mask=mask, cache_modifier=CACHE)
     if NUM_OUT > 2:
         if o == 2:
-            tl.store(o2 + rows[:, None] * w2 + c, x, mask=mask)
+            tl.store(o2 + rows[:, None] * w2 + c, x, mask=mask, cache_modifier=CACHE)
     if NUM_OUT > 3:
         if o == 3:
-            tl.store(o3 + rows[:, None] * w3 + c, x, mask=mask)
+            tl.store(o3 + rows[:, None] * w3 + c, x, mask=mask, cache_modifier=CACHE)
     if NUM_OUT > 4:
         if o == 4:
-            tl.store(o4 + rows[:, None] * w4 + c, x, mask=mask)
+            tl.store(o4 + rows[:, None] * w4 + c, x, mask=mask, cache_modifier=CACHE)
     if NUM_OUT > 5:
         if o == 5:
-            tl.store(o5 + rows[:, None] * w5 + c, x, mask=mask)
+            tl.store(o5 + rows[:, None] * w5 + c, x, mask=mask, cache_modifier=CACHE)
     if NUM_OUT > 6:
         if o == 6:
-            tl.store(o6 + rows[:, None] * w6 + c, x, mask=mask)
+            tl.store(o6 + rows[:, None] * w6 + c, x, mask=mask, cache_modifier=CACHE)
     if NUM_OUT > 7:
         if o == 7:
-            tl.store(o7 + rows[:, None] * w7 + c, x, mask=mask)
+            tl.store(o7 + rows[:, None] * w7 + c, x, mask=mask, cache_modifier=CACHE)
 
 
 @triton.jit
@@ -96,27 +97,33 @@ def _unpack_kernel(
     if IDX64:  # offsets past 2^31 elements (T up to 2^20 tokens): 64-bit arithmetic only then
         rows = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
-    mask = (rows < T)[:, None] & (cols < n)[None, :]
+    m_t = (rows < T)[:, None]
     if gather == 0:
-        # contiguous run: offsets known contiguous and ALIGN-aligned -> 16-byte loads and stores
+        # contiguous run: offsets and width known ALIGN-aligned -> 16-byte loads and stores (the mask
+        # must be constant over ALIGN columns for the compiler to vectorise: compare in ALIGN units)
+        mask = m_t & ((cols // ALIGN) < (n // ALIGN))[None, :]
         src_col = (tl.multiple_of(start, ALIGN) + cols)[None, :]
         c = (tl.multiple_of(c0, ALIGN) + cols)[None, :]
-        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
-        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
+        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC, "evict_first")
+        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT, "")
     elif gather == 2:
         # wide block over several aligned runs: columns from the gather map, known to come in
         # aligned groups of WIDE_ALIGN consecutive columns -> still 16-byte accesses
+        mask = m_t & ((cols // WIDE_ALIGN) < (n // WIDE_ALIGN))[None, :]
         src_col = tl.load(colmap + start + cols, mask=cols < n, other=0)
         src_col = tl.max_contiguous(tl.multiple_of(src_col, WIDE_ALIGN), WIDE_ALIGN)[None, :]
         c = (tl.multiple_of(c0, WIDE_ALIGN) + cols)[None, :]
-        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
-        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
+        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC, "evict_first")
+        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT, "")
     else:
-        # short runs (b, a): columns from the gather map
+        # short runs (b, a): columns from the gather map. Other cache hints than the paths above: with
+        # the same ones, the compiled kernel merged this path's 2-byte accesses with theirs and lost
+        # their 16-byte vectors (PTX for sm_90, Triton 3.6 and 3.9; tests/test_unpack_kernel.py checks)
+        mask = m_t & (cols < n)[None, :]
         src_col = tl.load(colmap + start + cols, mask=cols < n, other=0)[None, :]
         c = (c0 + cols)[None, :]
-        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC)
-        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT)
+        x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC, "")
+        _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT, ".cg")
 
 
 SHORT_RUN = 32  # runs shorter than this are merged into gather blocks
@@ -153,10 +160,10 @@ def _tables(segments: tuple[int, ...], widths: tuple[int, ...], device: torch.de
                 pending = []
                 table += [[o, src, c + i, min(block_c, n - i), a + i, 0, 0, 0] for i in range(0, n, block_c)]
             c += n
-    # the largest power of two (<= 16) dividing every contiguous block's source and output start
+    # the largest power of two (<= 16) dividing every contiguous block's source start, output start and width
     align = 16
-    for o, _, c0, _, start, gather, _, _ in table:
-        while not gather and (start % align or c0 % align):
+    for o, _, c0, n, start, gather, _, _ in table:
+        while not gather and (start % align or c0 % align or n % align):
             align //= 2
     return (torch.tensor(table, dtype=torch.int32, device=device),
             torch.tensor(colmap or [0], dtype=torch.int32, device=device), align)
