@@ -11,8 +11,8 @@ those of ``gdn_fx.tuning.sweep``:
   norm-gate kernel and then linear are as fast or faster".
 
 NVIDIA H200 (torch 2.11, Triton 3.6), Qwen3-Next dims, 2026-11-30: every timing of the sweeps is in
-bench/results/tuning_h200.json. unpack was retuned on 2026-12-01 after a change to its kernel
-(tuning_unpack_h200.json). linear: tuning_linear_h200.json; its
+bench/results/tuning_h200.json. norm_gate and unpack were retuned on 2026-12-01 after changes to their
+kernels (tuning_norm_gate_h200.json, tuning_unpack_h200.json). linear: tuning_linear_h200.json; its
 sweep cycles through 256 MB of weight copies, so that no candidate reads its weight from L2. Where
 two configs lie within a few percent (the small sizes, which launch latency dominates), the table
 holds the one that measured fastest.
@@ -25,10 +25,10 @@ TABLE: dict = {
                         1024: (64, 2, 64), 2048: (128, 4, 64), 4096: (128, 4, 64), 8192: (128, 4, 2),
                         16384: (128, 4, 64)},
         },
-        "norm_gate": {
-            "128": {32: (2, 4), 256: (4, 4), 1024: (4, 4), 2048: (4, 4), 4096: (8, 8), 8192: (32, 16),
-                    16384: (8, 4), 32768: (32, 16), 65536: (8, 4), 131072: (4, 2), 262144: (4, 1),
-                    524288: (4, 1)},
+        "norm_gate": {  # 2026-12-01, loads without an eviction hint (tuning_norm_gate_h200.json)
+            "128": {32: (1, 2), 256: (16, 16), 1024: (2, 2), 2048: (4, 2), 4096: (8, 8), 8192: (16, 8),
+                    16384: (8, 4), 32768: (32, 16), 65536: (16, 8), 131072: (32, 16), 262144: (32, 16),
+                    524288: (32, 16)},
         },
         "unpack": {  # 2026-12-01, after the contiguous path's 16-byte vectors (tuning_unpack_h200.json)
             "12352": {1: (1, 1024, 8, 1), 8: (4, 256, 4, 1), 32: (8, 128, 4, 0), 128: (8, 128, 2, 0),
