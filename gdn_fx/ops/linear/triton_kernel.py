@@ -35,11 +35,12 @@ ATEN = tuning.ATEN_CONFIG  # (block_m, block_n, block_k, num_warps, num_stages, 
 
 @triton.jit
 def _skinny_gemm_kernel(
-    x, w, y, part, counters, M, N, K, K_SPLIT, STEPS, sxm, sxk, swn, sym,
+    x, w, y, part, counters, M, N, K, K_SPLIT, sxm, sxk, swn, sym,
     z, nw, eps, sx1, sz0, sz1, sz2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
     NORM: tl.constexpr, GS: tl.constexpr, DX: tl.constexpr, DZ: tl.constexpr, DW: tl.constexpr,
     NORM_BEFORE_GATE: tl.constexpr, SIGMOID: tl.constexpr,
+    STEPS: tl.constexpr,  # a constant: Triton 3.6's interpreter cannot loop to a scalar argument
 ):
     i_n, i_s, i_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -127,10 +128,10 @@ def _launch(x, weight, cfg, M, K, norm=None):
         (sx, DX), (sz, DZ) = layout(x), layout(z)
         norm_args = dict(NORM=True, GS=gs, DX=DX, DZ=DZ, DW=nw.numel(), NORM_BEFORE_GATE=nbg, SIGMOID=act == "sigmoid")
     _skinny_gemm_kernel[grid](
-        x, weight, y, part, counters, M, N, K, k_split, k_split // block_k, sx[0], sx[2], weight.stride(0), y.stride(0),
+        x, weight, y, part, counters, M, N, K, k_split, sx[0], sx[2], weight.stride(0), y.stride(0),
         norm[0] if norm is not None else y, nw, eps, sx[1], *sz,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, EVEN_K=K % block_k == 0 and K % k_split == 0,
-        num_warps=warps, num_stages=stages, **norm_args,
+        STEPS=k_split // block_k, num_warps=warps, num_stages=stages, **norm_args,
     )
     return y
 
