@@ -29,8 +29,11 @@ class OpEntry:
     reference: Callable
     validate: Callable | None
     kernels: dict[str, Callable] = dataclasses.field(default_factory=dict)
-    # a mutating op's ADInplaceOrView kernel is the registry's own (see _register_version_bump)
+    guarded: dict[str, Callable] = dataclasses.field(default_factory=dict)  # kernels behind validate
+    # a mutating op's ADInplaceOrView kernel and every op's Autograd kernel are the registry's own where
+    # torch lets it replace custom_op's (2.13; see _register_version_bump and _register_lean_autograd)
     own_version_bump: bool = False
+    own_autograd: bool = False
 
     @property
     def qualname(self) -> str:
@@ -80,6 +83,8 @@ def define(name: str, *, mutates_args: tuple[str, ...], validate: Callable | Non
         )
         entry = OpEntry(name=name, op=op, reference=reference, validate=validate,
                         own_version_bump=bool(mutates_args) and _register_version_bump(op, name))
+        entry.own_autograd = _register_lean_autograd(op, name)
+        _register_direct(op, name, None, _guarded(reference, validate))
         _OPS[name] = entry
         return entry
 
@@ -117,11 +122,65 @@ def _register_version_bump(op, name: str) -> bool:
     return True
 
 
+def _register_lean_autograd(op, name: str) -> bool:
+    """Replace custom_op's Autograd kernel with one that, where no gradient is needed (every call of an
+    inference layer, eager or compiled), goes straight to the kernels below, and otherwise runs
+    custom_op's own (the same errors and graph as before). Custom_op's re-derives on every call whether
+    the op is an out= op and wraps the call in a metadata object: about 10 us of a 2-core CPU's host
+    time per call. Where this torch refuses the registration, its own kernel stays and this returns False."""
+    overload = op._opoverload
+    try:
+        from torch._library.autograd import make_autograd_impl
+
+        slow = make_autograd_impl(overload, op)
+    except (ImportError, AttributeError, TypeError):
+        return False
+    below = torch._C._after_autograd_keyset
+    needs_grad, grad_enabled = torch._C._any_requires_grad, torch._C.is_grad_enabled
+
+    def autograd(keyset, *args, **kwargs):
+        if grad_enabled() and needs_grad(*args, **kwargs):
+            return slow(keyset, *args, **kwargs)
+        with torch._C._AutoDispatchBelowAutograd():
+            return overload.redispatch(keyset & below, *args, **kwargs)
+
+    try:
+        op._lib.impl(name, autograd, "Autograd", with_keyset=True)
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _register_direct(op, name: str, device_type: str | None, fn: Callable) -> None:
+    """``fn`` as the op's kernel for ``device_type`` (None: every device without its own), registered
+    with the dispatcher directly rather than through custom_op's wrapper, which re-enters a
+    dynamo-disabled frame and checks the outputs for aliasing on every call (about 8 us of a 2-core
+    CPU's host time). The aliasing contract is opcheck's to prove (tests/test_opcheck.py). Where this
+    torch refuses (2.11 keeps the first Python kernel of a key: custom_op's default), custom_op's
+    registration serves."""
+    key = "CompositeExplicitAutograd" if device_type is None else torch._C._dispatch_key_for_device(device_type)
+    try:
+        op._lib.impl(name, fn, key)
+    except (AttributeError, RuntimeError, TypeError):
+        if device_type is not None:
+            op.register_kernel(device_type)(fn)
+
+
 def register_kernel(name: str, device_type: str, fn: Callable) -> Callable:
-    """Run ``fn`` for ``gdn_fx::<name>`` on ``device_type`` (same signature as the reference)."""
+    """Run ``fn`` for ``gdn_fx::<name>`` on ``device_type`` (same signature as the reference), behind
+    the op's validation; registered directly (``_register_direct``). A later registration for the same
+    device replaces the kernel."""
     entry = get(name)
-    entry.op.register_kernel(device_type)(_guarded(fn, entry.validate))
+    first = device_type not in entry.kernels
     entry.kernels[device_type] = fn
+    entry.guarded[device_type] = _guarded(fn, entry.validate)
+    if first:
+        guarded = entry.guarded
+
+        def impl(*args, **kwargs):
+            return guarded[device_type](*args, **kwargs)
+
+        _register_direct(entry.op, entry.name, device_type, impl)
     return fn
 
 
