@@ -12,7 +12,8 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
   gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
                  qkvz and ba GEMMs, interleaved groups, so the unpack pass has glue to fuse)
 All but the *_2gemm ones run the default layer: one merged input GEMM (rows [q, k, v, z, b, a]).
-Kernels are counted per step from the profiler, with their GPU time split into GEMMs (the
+Host: the CPU time to issue one call outside a CUDA graph (what a prefill pays per layer on the host;
+a graph replay of a decode step pays none). Kernels are counted per step from the profiler, with their GPU time split into GEMMs (the
 cuBLAS/CUTLASS launches) and the rest. The byte
 floor is the weights, both state pools' rows of the batch (read and written) and the activations
 in and out, at the copy bandwidth measured in the same run.
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import copy_bandwidth, device_info, event_time, graph_time, kernel_stats, save  # noqa: E402
+from bench.common import copy_bandwidth, device_info, event_time, graph_time, host_time, kernel_stats, save  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402
 from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
@@ -57,7 +58,9 @@ def main():
     ap.add_argument("--cases", default="decode,prefill", help="decode and/or prefill (default: %(default)s)")
     ap.add_argument("--variants", default="eager,stock_compile,gdn_fx,gdn_fx_2gemm",
                     help=f"comma-separated, of {','.join(VARIANTS)} (default: %(default)s)")
+    ap.add_argument("--prefill", default="x".join(map(str, PREFILL)), help="B x L of the prefill case (default: %(default)s)")
     args = ap.parse_args()
+    prefill = tuple(int(v) for v in args.prefill.split("x"))
     bw = copy_bandwidth()
     torch.manual_seed(0)
     layers = {}
@@ -78,13 +81,13 @@ def main():
     }
     fns = {name: makers[name]() for name in args.variants.split(",")}
     rows = []
-    max_slots = 2 * max(max(BATCHES), PREFILL[0])
+    max_slots = 2 * max(max(BATCHES), prefill[0])
     conv_state, ssm_state = layer.allocate_state(max_slots)
     conv_state.normal_()
     ssm_state.normal_(0, 0.1)
     kinds = args.cases.split(",")
     cases = ([("decode", B, 1) for B in BATCHES] if "decode" in kinds else []) + (
-        [("prefill", *PREFILL)] if "prefill" in kinds else [])
+        [("prefill", *prefill)] if "prefill" in kinds else [])
     for kind, B, L in cases:
         slots = torch.randperm(max_slots, generator=torch.Generator().manual_seed(B))[:B].tolist()
         computed = 7 if kind == "decode" else 0
@@ -102,6 +105,7 @@ def main():
                     first = time.perf_counter() - t0
                     stats = kernel_stats(step)
                     t = graph_time(step) if kind == "decode" else event_time(step, inner=3)
+                    host = host_time(step, inner=3)  # CPU time to issue one call outside a graph
                 except Exception as e:  # a variant that fails is reported, not fatal
                     print(f"{kind} B={B} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                     continue
@@ -112,10 +116,11 @@ def main():
                              "gemm_kernels": len(gemms), "other_kernels": len(others), "us": t * 1e6,
                              "gemm_gpu_us": gemm_us, "other_gpu_us": other_us,
                              "floor_us": floor * 1e6, "x_floor": t / floor, "first_call_s": round(first, 2),
+                             "host_us": host * 1e6,
                              "other_kernels_us": [[k, round(us, 2)] for k, us in others]})
                 print(f"{kind:7s} B={B:4d} L={L:5d} {name:14s} kernels={len(stats):3d} (gemm {len(gemms)}, other "
                       f"{len(others)}) {t * 1e6:9.1f} us  {t / floor:5.2f}x floor ({floor * 1e6:.1f} us); GPU: gemm "
-                      f"{gemm_us:.1f} us, other {other_us:.1f} us", flush=True)
+                      f"{gemm_us:.1f} us, other {other_us:.1f} us; host {host * 1e6:.0f} us a call", flush=True)
     payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows,
                "note": "eager, stock_compile, gdn_fx: one merged input GEMM; *_2gemm: the checkpoint's two"}
     print("wrote", save(args.out, "layer.json", payload))

@@ -6,7 +6,9 @@ layers run back to back; 1x4096, 1x16384, 8x2048 and 64x256 tokens (half the seq
 from a state). Variants, all in the same run:
   eager          the stack's forward as written (plain PyTorch around the gdn_fx ops)
   stock_compile  torch.compile(stack, fullgraph=True, dynamic=True), Inductor as shipped
-  gdn_fx         the same with backend="gdn_fx" (the unpack and norm-gate passes)
+  gdn_fx         the same with backend="gdn_fx" (its default passes: unpack, norm-gate, skinny GEMM)
+  gdn_fx_cublas  gdn_fx without the skinny-GEMM pass: its cost on the host, since from 128 tokens the
+                 pass's op hands every projection back to cuBLAS
   fla_engine     flash-linear-attention as an engine would call it today: the checkpoint's two input
                  GEMMs (qkvz and ba, weights of its own; the gdn_fx layers run one merged GEMM), the
                  projection glue compiled by Inductor, fla's causal_conv1d and chunk_gated_delta_rule
@@ -105,9 +107,12 @@ def main():
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     torch.manual_seed(0)
+    torch._dynamo.config.recompile_limit = 64  # one forward, compiled for three backends and four shapes
     stack = Stack().eval().requires_grad_(False)
     runs = {"eager": stack, "stock_compile": torch.compile(stack, fullgraph=True, dynamic=True),
-            "gdn_fx": torch.compile(stack, backend="gdn_fx", fullgraph=True, dynamic=True)}
+            "gdn_fx": torch.compile(stack, backend="gdn_fx", fullgraph=True, dynamic=True),
+            "gdn_fx_cublas": torch.compile(stack, backend="gdn_fx", fullgraph=True, dynamic=True,
+                                           options={"passes": ("unpack", "norm_gate")})}
     try:
         fla_run = fla_engine(stack)
     except ImportError as e:
