@@ -28,6 +28,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches reset before and after the test, so that a compile test sees no graph of another
+    (the fusion and backend test files use it for every test)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
 def device() -> torch.device:
     """Device of the device-parametrized tests: $GDN_FX_TEST_DEVICE, cpu by default (tools/gpu_check.sh sets cuda)."""
     return torch.device(os.environ.get("GDN_FX_TEST_DEVICE", "cpu"))

@@ -10,14 +10,8 @@ from gdn_fx.backend import GdnFxBackend
 from gdn_fx.passes import FusionPass, NormGateFusionPass, PostGradPassManager, UnpackFusionPass
 from tests.test_unpack_fusion import GROUP, NK, NV, _sinked, next_split
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 
 
 def _x(T=9):

@@ -16,14 +16,8 @@ from gdn_fx import Request, build_metadata, ops
 from gdn_fx.passes import PASSES, LinearPass
 from tests.fusion import RecordingBackend, assert_exact, compile_fresh
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 
 
 @pytest.fixture

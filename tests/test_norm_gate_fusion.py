@@ -21,18 +21,12 @@ from gdn_fx.passes import PASSES, NormGateFusionPass
 from tests.fusion import RecordingBackend, assert_exact, compile_fresh
 from tests.test_norm_gate import ulps
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 T, H, D = 13, 3, 40
 # ops of RMSNormGated's decomposition that nothing else in these graphs uses
 NORM_OPS = ("aten.pow.Tensor_Scalar", "aten.mean.dim", "aten.rsqrt", "aten.sigmoid", "aten.neg", "aten.exp",
             "aten.div.Tensor", "prims.convert_element_type")
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 @pytest.fixture

@@ -10,15 +10,9 @@ from hypothesis import strategies as st
 from gdn_fx import Request, build_metadata
 from tests.fusion import RecordingBackend, compile_fresh
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 HIDDEN = 48
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 # ---- the layers -------------------------------------------------------------------------------

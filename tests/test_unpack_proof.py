@@ -14,18 +14,12 @@ from hypothesis import strategies as st
 
 from tests.fusion import assert_exact
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 C = 16
 # beyond the probes: other residues mod 2, 3 and 5, and past 64 (an offset from T // 64)
 TOKEN_COUNTS = (2, 3, 5, 11, 12, 64, 66, 130)
 sink = torch.ops.gdn_fx_test.sink
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def _x(T):
