@@ -4,4 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 . .venv/bin/activate
-python -m pytest tests -q "$@"
+# one pytest worker a core (TEST_WORKERS=0: a single process); each test file stays on one worker, so its
+# module fixtures (the TP tests' rank processes) run once
+workers=${TEST_WORKERS:-$(python -c "import os; print(len(os.sched_getaffinity(0)))")}
+xdist=()
+if [ "$workers" -gt 1 ] && python -c "import xdist" 2>/dev/null; then
+  xdist=(-n "$workers" --dist loadfile)
+fi
+python -m pytest tests -q "${xdist[@]}" "$@"
