@@ -57,6 +57,22 @@ def compile_fresh(fn, backend, token_ranks=(2,), **kwargs):
     return run
 
 
+def layer_steps(layer):
+    """A layer's mixed step (a decode beside a 12-token prefill, shuffled slots) compiled with the default
+    passes and without: (recording backend, output with the passes, output without, the two state pools).
+    Hidden states in the layer's dtype."""
+    from gdn_fx import Request, build_metadata
+
+    rec, off = RecordingBackend(), RecordingBackend(passes=())
+    fused = compile_fresh(layer.forward_serving, rec, dynamic=True)
+    plain = compile_fresh(layer.forward_serving, off, dynamic=True)
+    pools = [tuple(p.normal_(generator=torch.Generator().manual_seed(0)) for p in layer.allocate_state(6))
+             for _ in range(2)]
+    meta = build_metadata([Request(1, 2, num_computed_tokens=5), Request(12, 4)], num_slots=6)
+    h = torch.randn(13, layer.hidden_size).to(next(layer.parameters()).dtype)
+    return rec, fused(h, *pools[0], meta), plain(h, *pools[1], meta), pools
+
+
 def assert_exact(fn, make_args, token_counts, dynamic: bool, passes=DEFAULT_PASSES, close=None,
                  token_ranks=(2,)) -> RecordingBackend:
     """Compiles ``fn`` with ``passes`` and with none, runs both and eager on ``make_args(T)`` for every T, and

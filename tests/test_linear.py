@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gdn_fx import Request, build_metadata, ops
+from gdn_fx import ops
 from gdn_fx.passes import PASSES, LinearPass
-from tests.fusion import RecordingBackend, assert_exact, compile_fresh
+from tests.fusion import RecordingBackend, assert_exact, compile_fresh, layer_steps
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
               pytest.mark.usefixtures("fresh_dynamo")]
@@ -208,17 +208,8 @@ def test_pass_does_not_fire(on_cpu, case):
 
 
 def _layer_steps(layer):
-    """A bf16 layer's mixed step compiled with the passes and without: (recording backend, output with
-    the passes, output without, the two state pools)."""
-    layer = layer.to(torch.bfloat16)
-    rec, off = RecordingBackend(), RecordingBackend(passes=())
-    fused = compile_fresh(layer.forward_serving, rec, dynamic=True)
-    plain = compile_fresh(layer.forward_serving, off, dynamic=True)
-    pools = [tuple(p.normal_(generator=torch.Generator().manual_seed(0)) for p in layer.allocate_state(6))
-             for _ in range(2)]
-    meta = build_metadata([Request(1, 2, num_computed_tokens=5), Request(12, 4)], num_slots=6)
-    h = torch.randn(13, layer.hidden_size).bfloat16()
-    return rec, fused(h, *pools[0], meta), plain(h, *pools[1], meta), pools
+    """``layer_steps`` of the layer in bf16 (the pass takes bf16/fp16 products only)."""
+    return layer_steps(layer.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("ratio", [2])

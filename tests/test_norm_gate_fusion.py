@@ -15,10 +15,9 @@ from einops import rearrange
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gdn_fx import Request, build_metadata
 from gdn_fx.layers.norm import RMSNormGated
 from gdn_fx.passes import PASSES, NormGateFusionPass
-from tests.fusion import RecordingBackend, assert_exact, compile_fresh
+from tests.fusion import RecordingBackend, assert_exact, compile_fresh, layer_steps
 from tests.test_norm_gate import ulps
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
@@ -157,21 +156,12 @@ def test_default_pass_leaves_cpu_graphs_alone():
 
 # ---- whole layers -------------------------------------------------------------------------------
 
-HIDDEN = 48
-
 
 @pytest.mark.parametrize("ratio", [2])
 def test_layer_forward_serving(on_cpu, variant, make_layer, ratio):
     """forward_serving compiled with dynamic=True: one norm_gate per layer, reading z in place."""
-    layer = make_layer()
-    rec, off = RecordingBackend(), RecordingBackend(passes=())
-    fused = compile_fresh(layer.forward_serving, rec, dynamic=True)
-    plain = compile_fresh(layer.forward_serving, off, dynamic=True)
-    pools = [tuple(p.normal_(generator=torch.Generator().manual_seed(0)) for p in layer.allocate_state(6))
-             for _ in range(2)]
-    meta = build_metadata([Request(1, 2, num_computed_tokens=5), Request(12, 4)], num_slots=6)
-    h = torch.randn(13, HIDDEN)
-    torch.testing.assert_close(fused(h, *pools[0], meta), plain(h, *pools[1], meta), rtol=1e-5, atol=1e-5)
+    rec, got, want, _ = layer_steps(make_layer())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     _assert_fused(rec)
     assert rec.after[0]["aten.clone"] == 0, rec.graphs_after[0]  # z read in place, unpack took the rest
 

@@ -29,7 +29,6 @@ class OpEntry:
     reference: Callable
     validate: Callable | None
     kernels: dict[str, Callable] = dataclasses.field(default_factory=dict)
-    guarded: dict[str, Callable] = dataclasses.field(default_factory=dict)  # kernels behind validate
     # a mutating op's ADInplaceOrView kernel and every op's Autograd kernel are the registry's own where
     # torch lets it replace custom_op's (2.13; see _register_version_bump and _register_lean_autograd)
     own_version_bump: bool = False
@@ -84,7 +83,8 @@ def define(name: str, *, mutates_args: tuple[str, ...], validate: Callable | Non
         entry = OpEntry(name=name, op=op, reference=reference, validate=validate,
                         own_version_bump=bool(mutates_args) and _register_version_bump(op, name))
         entry.own_autograd = _register_lean_autograd(op, name)
-        _register_direct(op, name, None, _guarded(reference, validate))
+        # the reference, called directly rather than through custom_op's wrapper (see register_kernel)
+        _override(op, name, _guarded(reference, validate), "CompositeExplicitAutograd")
         _OPS[name] = entry
         return entry
 
@@ -115,19 +115,16 @@ def _register_version_bump(op, name: str) -> bool:
                         bump(t)
         return overload.redispatch(keyset & below, *args, **kwargs)
 
-    try:
-        op._lib.impl(name, inplace_or_view, "ADInplaceOrView", with_keyset=True)
-    except (AttributeError, RuntimeError, TypeError):
-        return False
-    return True
+    return _override(op, name, inplace_or_view, "ADInplaceOrView", with_keyset=True)
 
 
 def _register_lean_autograd(op, name: str) -> bool:
     """Replace custom_op's Autograd kernel with one that, where no gradient is needed (every call of an
     inference layer, eager or compiled), goes straight to the kernels below, and otherwise runs
     custom_op's own (the same errors and graph as before). Custom_op's re-derives on every call whether
-    the op is an out= op and wraps the call in a metadata object: about 10 us of a 2-core CPU's host
-    time per call. Where this torch refuses the registration, its own kernel stays and this returns False."""
+    the op is an out= op and wraps the call in a metadata object (with custom_op's kernel wrapper, see
+    register_kernel, about half an op call's host price: ``bench/bench_op_host.py``). Where this torch
+    refuses the registration, its own kernel stays and this returns False."""
     overload = op._opoverload
     try:
         from torch._library.autograd import make_autograd_impl
@@ -144,43 +141,35 @@ def _register_lean_autograd(op, name: str) -> bool:
         with torch._C._AutoDispatchBelowAutograd():
             return overload.redispatch(keyset & below, *args, **kwargs)
 
+    return _override(op, name, autograd, "Autograd", with_keyset=True)
+
+
+def _override(op, name: str, fn: Callable, dispatch_key: str, with_keyset: bool = False) -> bool:
+    """Register ``fn`` as ``op``'s kernel for ``dispatch_key`` with the dispatcher directly, in custom_op's
+    own library. Returns False where this torch refuses (2.11 keeps the first Python kernel of a key)."""
     try:
-        op._lib.impl(name, autograd, "Autograd", with_keyset=True)
+        op._lib.impl(name, fn, dispatch_key, with_keyset=with_keyset)
     except (AttributeError, RuntimeError, TypeError):
         return False
     return True
 
 
-def _register_direct(op, name: str, device_type: str | None, fn: Callable) -> None:
-    """``fn`` as the op's kernel for ``device_type`` (None: every device without its own), registered
-    with the dispatcher directly rather than through custom_op's wrapper, which re-enters a
-    dynamo-disabled frame and checks the outputs for aliasing on every call (about 8 us of a 2-core
-    CPU's host time). The aliasing contract is opcheck's to prove (tests/test_opcheck.py). Where this
-    torch refuses (2.11 keeps the first Python kernel of a key: custom_op's default), custom_op's
-    registration serves."""
-    key = "CompositeExplicitAutograd" if device_type is None else torch._C._dispatch_key_for_device(device_type)
-    try:
-        op._lib.impl(name, fn, key)
-    except (AttributeError, RuntimeError, TypeError):
-        if device_type is not None:
-            op.register_kernel(device_type)(fn)
-
-
 def register_kernel(name: str, device_type: str, fn: Callable) -> Callable:
     """Run ``fn`` for ``gdn_fx::<name>`` on ``device_type`` (same signature as the reference), behind
-    the op's validation; registered directly (``_register_direct``). A later registration for the same
-    device replaces the kernel."""
+    the op's validation. A later registration for the same device replaces the kernel.
+
+    The kernel is registered with the dispatcher directly, not through custom_op's per-device wrapper,
+    which re-enters a dynamo-disabled frame and checks the outputs for aliasing on every call; the aliasing
+    contract is opcheck's to prove (tests/test_opcheck.py).
+    Where this torch refuses, custom_op's registration serves."""
     entry = get(name)
     first = device_type not in entry.kernels
     entry.kernels[device_type] = fn
-    entry.guarded[device_type] = _guarded(fn, entry.validate)
     if first:
-        guarded = entry.guarded
-
-        def impl(*args, **kwargs):
-            return guarded[device_type](*args, **kwargs)
-
-        _register_direct(entry.op, entry.name, device_type, impl)
+        kernels = entry.kernels
+        impl = _guarded(lambda *args, **kwargs: kernels[device_type](*args, **kwargs), entry.validate)
+        if not _override(entry.op, entry.name, impl, torch._C._dispatch_key_for_device(device_type)):
+            entry.op.register_kernel(device_type)(impl)
     return fn
 
 
