@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gdn_fx import ops
+from tests.ptx import ptx_sm90
 
 
 def test_reference_gathers_runs():
@@ -96,20 +97,6 @@ def test_triton_kernel_a_million_tokens_no_int32_overflow():
     assert torch.equal(y[:1000], torch.cat([x[:1000, C - 64 :], x[:1000, :64]], 1))
 
 
-def _ptx_sm90(kernel, signature: dict, constexprs: dict, divisible_by_16: set, num_warps: int) -> str:
-    """``kernel`` compiled for sm_90 on any machine (no GPU needed): its PTX."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names) if n in divisible_by_16}
-    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    try:
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
-    except Exception as e:  # a Triton without the NVIDIA backend or its tools
-        pytest.skip(f"cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}")
-
-
 def test_contiguous_runs_move_in_16_byte_vectors():
     """Qwen3-Next's checkpoint layout (two sources, six outputs, b and a gathered): a [4, 128] bf16
     tile over 2 warps holds 8 contiguous elements a thread, so the contiguous path must load and
@@ -130,8 +117,8 @@ def test_contiguous_runs_move_in_16_byte_vectors():
             div |= {n} - {"T", "NUM_BLOCKS"}
         else:
             sig[n] = "constexpr"
-    ptx = _ptx_sm90(kern, sig, dict(NUM_SRC=2, NUM_OUT=6, BLOCK_T=4, BLOCK_C=128, ALIGN=16, WIDE_ALIGN=8,
-                                    IDX64=False), div, num_warps=2)
+    ptx = ptx_sm90(kern, sig, dict(NUM_SRC=2, NUM_OUT=6, BLOCK_T=4, BLOCK_C=128, ALIGN=16, WIDE_ALIGN=8,
+                                  IDX64=False, PDL=False), div, num_warps=2)
     loads = re.findall(r"ld\.global\S*evict_first\S*", ptx)
     stores = re.findall(r"st\.global\S*", ptx)
     assert any(".v4.b32" in op for op in loads), sorted(set(loads))

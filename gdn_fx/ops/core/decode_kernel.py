@@ -31,8 +31,10 @@ import triton
 import triton.language as tl
 
 from gdn_fx import tuning
-from gdn_fx.ops import scratch
+from gdn_fx.ops import pdl, scratch
 from gdn_fx.ops.decode.triton_kernel import gated_delta_step, head_gates, load_head
+from gdn_fx.ops.pdl import release as pdl_release
+from gdn_fx.ops.pdl import wait as pdl_wait
 
 @triton.jit
 def _conv_silu(p_s, p_x, p_w, b, o, m, stride_sl, stride_x, j: tl.constexpr, W: tl.constexpr):
@@ -76,8 +78,9 @@ def _core_decode_kernel(
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     S: tl.constexpr, W: tl.constexpr, KP: tl.constexpr, LP: tl.constexpr, HAS_BIAS: tl.constexpr,
     NEG: tl.constexpr, BZ: tl.constexpr, EVEN: tl.constexpr,
-    TPP: tl.constexpr,
+    TPP: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     i_p = tl.program_id(0)
     i_hk = tl.program_id(1)
     i_n = tl.program_id(2)
@@ -169,6 +172,7 @@ def _core_decode_kernel(
         tl.store(out + rows[:, None] * NV * DV + i_hv * DV + offs_v[None, :],
                  tl.zeros([BZ, BV], dtype=out.dtype.element_ty), mask=(rows < T)[:, None] & (offs_v < DV)[None, :])
 
+    pdl_release(PDL)
     # q/k: shifted once every tile of the key head has read them
     if L > 0:
         if live:
@@ -234,6 +238,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     tiles = NV // num_k_heads * triton.cdiv(DV, BV)  # per key head
     tpp = math.gcd(tpp, tiles)
     grid = (tiles // tpp, num_k_heads, N)
+    m = pdl.mode(x.device)
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
         num_accepted_tokens, out, scratch.counters(x.device, N * num_k_heads),
@@ -242,6 +247,6 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
         NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=S, W=W,
         KP=triton.next_power_of_2(max(W - 1, 1)), LP=triton.next_power_of_2(S), HAS_BIAS=conv_bias is not None,
         NEG=allow_neg_eigval, BZ=triton.next_power_of_2(triton.cdiv(T, N)), EVEN=BK == DK and DV % BV == 0,
-        TPP=tpp, num_warps=num_warps,
+        TPP=tpp, num_warps=num_warps, PDL=m, **pdl.options(m),
     )
     return out

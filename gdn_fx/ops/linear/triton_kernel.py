@@ -26,29 +26,33 @@ import triton
 import triton.language as tl
 
 from gdn_fx import tuning
-from gdn_fx.ops import scratch
+from gdn_fx.ops import pdl, scratch
 from gdn_fx.ops.linear.reference import linear_reference
 from gdn_fx.ops.norm_gate.triton_kernel import gated_rms_norm, layout, norm_gate_triton
+from gdn_fx.ops.pdl import release as pdl_release
+from gdn_fx.ops.pdl import wait as pdl_wait
 
 ATEN = tuning.ATEN_CONFIG  # (block_m, block_n, block_k, num_warps, num_stages, split) that means ATen
 
 
 @triton.jit
 def _skinny_gemm_kernel(
-    x, w, y, part, counters, M, N, K, K_SPLIT, sxm, sxk, swn, sym,
+    x, w, y, part, counters, M, N, K, sxm, sxk, swn, sym,
     z, nw, eps, sx1, sz0, sz1, sz2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
     NORM: tl.constexpr, GS: tl.constexpr, DX: tl.constexpr, DZ: tl.constexpr, DW: tl.constexpr,
     NORM_BEFORE_GATE: tl.constexpr, SIGMOID: tl.constexpr,
     STEPS: tl.constexpr,  # a constant: Triton 3.6's interpreter cannot loop to a scalar argument
+    PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     i_n, i_s, i_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     o_k = tl.arange(0, BLOCK_K)
     m_m, m_n = o_m < M, o_n < N
-    k0 = i_s * K_SPLIT  # this program's share of K: [k0, k0 + K_SPLIT), STEPS steps of BLOCK_K (the last
-    # share's steps past K load nothing)
+    k0 = i_s * STEPS * BLOCK_K  # this program's share of K: STEPS steps of BLOCK_K (the last share's steps
+    # past K load nothing)
     r_x = o_m.to(tl.int64)[:, None] * sxm
     p_w = w + o_n.to(tl.int64)[:, None] * swn + (k0 + o_k)[None, :]
     if BLOCK_M == 1:
@@ -82,6 +86,7 @@ def _skinny_gemm_kernel(
         else:
             acc += tl.dot(b_x, tl.trans(b_w))
         p_w += BLOCK_K
+    pdl_release(PDL)
     if BLOCK_M == 1:
         b_y = tl.sum(acc, axis=1)[None, :]
     else:
@@ -127,11 +132,12 @@ def _launch(x, weight, cfg, M, K, norm=None):
         z, nw, eps, gs, nbg, act = norm
         (sx, DX), (sz, DZ) = layout(x), layout(z)
         norm_args = dict(NORM=True, GS=gs, DX=DX, DZ=DZ, DW=nw.numel(), NORM_BEFORE_GATE=nbg, SIGMOID=act == "sigmoid")
+    m = pdl.mode(x.device)
     _skinny_gemm_kernel[grid](
-        x, weight, y, part, counters, M, N, K, k_split, sx[0], sx[2], weight.stride(0), y.stride(0),
+        x, weight, y, part, counters, M, N, K, sx[0], sx[2], weight.stride(0), y.stride(0),
         norm[0] if norm is not None else y, nw, eps, sx[1], *sz,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, EVEN_K=K % block_k == 0 and K % k_split == 0,
-        STEPS=k_split // block_k, num_warps=warps, num_stages=stages, **norm_args,
+        STEPS=k_split // block_k, num_warps=warps, num_stages=stages, **norm_args, PDL=m, **pdl.options(m),
     )
     return y
 

@@ -17,7 +17,10 @@ import triton
 import triton.language as tl
 
 from gdn_fx import tuning
+from gdn_fx.ops import pdl
 from gdn_fx.ops.norm_gate.reference import norm_gate_reference
+from gdn_fx.ops.pdl import release as pdl_release
+from gdn_fx.ops.pdl import wait as pdl_wait
 
 TILE = 1024  # elements per program, 256 per warp (BLOCK_R x BLOCK_D): from a sweep on an H100
 MAX_GROUP = 8192  # larger groups: the reference (a row no longer fits the registers)
@@ -46,8 +49,9 @@ def _norm_gate_kernel(
     x, z, w, y, eps, R, sx0, sx1, sx2, sz0, sz1, sz2,
     G: tl.constexpr, GS: tl.constexpr, DX: tl.constexpr, DZ: tl.constexpr, DW: tl.constexpr,
     NORM_BEFORE_GATE: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-    IDX64: tl.constexpr,
+    IDX64: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     # this program's rows: (token t, first channel c0 of the group)
     i_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     if IDX64:
@@ -63,6 +67,7 @@ def _norm_gate_kernel(
     b_x = tl.load(p_x, mask=mask, other=0.0).to(tl.float32)
     b_z = tl.load(p_z, mask=mask, other=0.0).to(tl.float32)
     b_w = tl.load(w + (c0 % DW)[:, None] + j[None, :], mask=mask, other=0.0).to(tl.float32)
+    pdl_release(PDL)
     b_h = gated_rms_norm(b_x, b_z, b_w, eps, GS, NORM_BEFORE_GATE, SIGMOID)
     tl.store(y + i_r[:, None] * GS + j[None, :], b_h.to(y.dtype.element_ty), mask=mask)
 
@@ -106,9 +111,11 @@ def norm_gate_triton(
     R = T * (C // group_size)
     block_r, block_d, num_warps = tile or config(R, group_size, x.device)
     idx64 = max(R * group_size, _span(x), _span(z)) >= 2**31
+    m = pdl.mode(x.device)
     _norm_gate_kernel[(triton.cdiv(R, block_r),)](
         x, z, weight.contiguous(), y, eps, R, *sx, *sz,
         G=C // group_size, GS=group_size, DX=DX, DZ=DZ, DW=weight.numel(), NORM_BEFORE_GATE=norm_before_gate,
         SIGMOID=activation == "sigmoid", BLOCK_R=block_r, BLOCK_D=block_d, IDX64=idx64, num_warps=num_warps,
+        PDL=m, **pdl.options(m),
     )
     return y

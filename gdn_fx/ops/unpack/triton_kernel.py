@@ -16,6 +16,9 @@ import triton
 import triton.language as tl
 
 from gdn_fx import tuning
+from gdn_fx.ops import pdl
+from gdn_fx.ops.pdl import release as pdl_release
+from gdn_fx.ops.pdl import wait as pdl_wait
 from gdn_fx.ops.unpack.reference import runs_per_output
 
 MAX_SOURCES = 4
@@ -77,8 +80,9 @@ def _unpack_kernel(
     o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7,
     table, colmap, T, NUM_BLOCKS,
     NUM_SRC: tl.constexpr, NUM_OUT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-    ALIGN: tl.constexpr, WIDE_ALIGN: tl.constexpr, IDX64: tl.constexpr,
+    ALIGN: tl.constexpr, WIDE_ALIGN: tl.constexpr, IDX64: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     # 1-D grid, column blocks fastest: neighbouring programs read neighbouring columns of the
     # same rows, so together they stream whole rows of the sources
     pid = tl.program_id(0)
@@ -124,6 +128,7 @@ def _unpack_kernel(
         c = (c0 + cols)[None, :]
         x = _load_tile(s0, s1, s2, s3, ss0, ss1, ss2, ss3, s, rows, src_col, mask, NUM_SRC, "")
         _store_tile(o0, o1, o2, o3, o4, o5, o6, o7, w0, w1, w2, w3, w4, w5, w6, w7, o, rows, c, x, mask, NUM_OUT, ".cg")
+    pdl_release(PDL)
 
 
 SHORT_RUN = 32  # runs shorter than this are merged into gather blocks
@@ -207,10 +212,11 @@ def unpack_triton(sources: list[torch.Tensor], segments: list[int], widths: list
     dst = outs + [outs[0]] * (MAX_OUTPUTS - len(outs))
     wid = list(widths) + [0] * (MAX_OUTPUTS - len(widths))
     grid = (triton.cdiv(T, block_t) * table.shape[0],)
+    m = pdl.mode(device)
     _unpack_kernel[grid](
         *src, *[s.stride(0) for s in src], *dst, *wid, table, colmap, T, table.shape[0],
         NUM_SRC=len(sources), NUM_OUT=len(widths), BLOCK_T=block_t, BLOCK_C=block_c, ALIGN=align, WIDE_ALIGN=WIDE_ALIGN,
         IDX64=max([T * s.stride(0) for s in sources] + [T * w for w in widths]) >= 2**31,
-        num_warps=num_warps,
+        num_warps=num_warps, PDL=m, **pdl.options(m),
     )
     return outs
