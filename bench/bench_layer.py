@@ -1,6 +1,7 @@
 """Benchmark: a whole Qwen3-Next GDN layer (hidden 2048, 16/32 heads, head dims 128, bf16, fp32 state).
 
-Decode steps at B = 1, 8, 32, 256 (plain decodes, shuffled slots, captured in a CUDA graph) and a
+Decode steps at B = 1, 8, 32, 256 (plain decodes, shuffled slots, captured in a CUDA graph; every
+variant's graph replayed in turn, median of 7 rounds) and a
 prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths on the host), for
   eager          layer.forward_serving as written (plain PyTorch around the gdn_fx ops)
   stock_compile  layer.compile_serving(backend="inductor") (torch.compile, fullgraph, dynamic token count)
@@ -9,6 +10,9 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
   gdn_fx_max_autotune  gdn_fx with Inductor's max_autotune (its GEMM templates benchmarked against cuBLAS
                  at compile time, for the token count of the first call: dynamic shapes); first-call time
                  (compile) is in each row as first_call_s
+  gdn_fx_nopdl, stock_compile_nopdl  the same without programmatic dependent launch of the gdn_fx
+                 kernels (GDN_FX_PDL=0 while they run and are captured; gdn_fx.ops.pdl)
+  gdn_fx_pdl_early  gdn_fx with GDN_FX_PDL=early (each kernel releases the next right after its wait)
   gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
                  qkvz and ba GEMMs, interleaved groups, so the unpack pass has glue to fuse)
 All but the *_2gemm ones run the default layer: one merged input GEMM (rows [q, k, v, z, b, a]).
@@ -23,7 +27,9 @@ in and out, at the copy bandwidth measured in the same run.
 """
 
 import argparse
+import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,16 +38,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import copy_bandwidth, device_info, event_time, graph_time, host_time, kernel_stats, save  # noqa: E402
+from bench.common import (  # noqa: E402
+    copy_bandwidth, device_info, event_time, host_time, interleaved_graph_times, kernel_stats, save)
 from gdn_fx import Request, build_metadata  # noqa: E402
 from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
-VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm")
+VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm",
+            "gdn_fx_nopdl", "gdn_fx_pdl_early", "stock_compile_nopdl")
 
 HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
 PREFILL = (8, 2048)
+ROUNDS = 7  # decode: interleaved rounds of every variant's replays, median reported
 GEMM = re.compile(r"gemm|nvjet|cutlass|xmma|matmul|splitk|sm90_", re.I)
 
 
@@ -50,6 +59,21 @@ def floor_bytes(layer, B: int, tokens: int) -> int:
     state = B * (NV * DK * DV * 4 + layer.conv_dim * (layer.conv_kernel_size - 1) * 2) * 2
     acts = tokens * HIDDEN * 2 * 2
     return weights + state + acts
+
+
+def pdl_mode(fn, value: str):
+    """``fn`` with GDN_FX_PDL=value (0: ordinary launches of the gdn_fx kernels; early) while it runs or is captured."""
+    def call(*args):
+        old = os.environ.get("GDN_FX_PDL")
+        os.environ["GDN_FX_PDL"] = value
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                del os.environ["GDN_FX_PDL"]
+            else:
+                os.environ["GDN_FX_PDL"] = old
+    return call
 
 
 def main():
@@ -78,6 +102,9 @@ def main():
         "gdn_fx_max_autotune": lambda: layer.compile_serving(backend="gdn_fx", options={"max_autotune": True}),
         "gdn_fx_2gemm": lambda: layers[False].compile_serving(backend="gdn_fx"),
         "stock_compile_2gemm": lambda: layers[False].compile_serving(backend="inductor"),
+        "gdn_fx_nopdl": lambda: pdl_mode(layer.compile_serving(backend="gdn_fx"), "0"),
+        "gdn_fx_pdl_early": lambda: pdl_mode(layer.compile_serving(backend="gdn_fx"), "early"),
+        "stock_compile_nopdl": lambda: pdl_mode(layer.compile_serving(backend="inductor"), "0"),
     }
     fns = {name: makers[name]() for name in args.variants.split(",")}
     rows = []
@@ -95,32 +122,40 @@ def main():
                               device="cuda", pad_to=B * L if kind == "decode" else None)
         h = torch.randn(B * L, HIDDEN, device="cuda", dtype=torch.bfloat16)
         floor = floor_bytes(layer, B, B * L) / bw
+        measured = {}
         with torch.no_grad():
             for name, fn in fns.items():
-                step = lambda: fn(h, conv_state, ssm_state, meta)  # noqa: E731
+                step = lambda fn=fn: fn(h, conv_state, ssm_state, meta)  # noqa: E731
                 try:
                     t0 = time.perf_counter()
                     step()
                     torch.cuda.synchronize()
                     first = time.perf_counter() - t0
                     stats = kernel_stats(step)
-                    t = graph_time(step) if kind == "decode" else event_time(step, inner=3)
+                    t = None if kind == "decode" else event_time(step, inner=3)
                     host = host_time(step, inner=3)  # CPU time to issue one call outside a graph
                 except Exception as e:  # a variant that fails is reported, not fatal
                     print(f"{kind} B={B} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                     continue
-                gemms = [(k, us) for k, us in stats if GEMM.search(k)]
-                others = [(k, us) for k, us in stats if not GEMM.search(k)]
-                gemm_us, other_us = sum(us for _, us in gemms), sum(us for _, us in others)
-                rows.append({"kind": kind, "B": B, "L": L, "variant": name, "kernels": len(stats),
-                             "gemm_kernels": len(gemms), "other_kernels": len(others), "us": t * 1e6,
-                             "gemm_gpu_us": gemm_us, "other_gpu_us": other_us,
-                             "floor_us": floor * 1e6, "x_floor": t / floor, "first_call_s": round(first, 2),
-                             "host_us": host * 1e6,
-                             "other_kernels_us": [[k, round(us, 2)] for k, us in others]})
-                print(f"{kind:7s} B={B:4d} L={L:5d} {name:14s} kernels={len(stats):3d} (gemm {len(gemms)}, other "
-                      f"{len(others)}) {t * 1e6:9.1f} us  {t / floor:5.2f}x floor ({floor * 1e6:.1f} us); GPU: gemm "
-                      f"{gemm_us:.1f} us, other {other_us:.1f} us; host {host * 1e6:.0f} us a call", flush=True)
+                measured[name] = step, first, stats, t, host
+            if kind == "decode":  # every variant's graph replayed in turn, ROUNDS times: the same drift for all
+                rounds = interleaved_graph_times({name: m[0] for name, m in measured.items()}, rounds=ROUNDS)
+                measured = {name: (*m[:3], statistics.median(rounds[name]), m[4]) for name, m in measured.items()}
+            else:
+                rounds = {}
+        for name, (_, first, stats, t, host) in measured.items():
+            gemms = [(k, us) for k, us in stats if GEMM.search(k)]
+            others = [(k, us) for k, us in stats if not GEMM.search(k)]
+            gemm_us, other_us = sum(us for _, us in gemms), sum(us for _, us in others)
+            rows.append({"kind": kind, "B": B, "L": L, "variant": name, "kernels": len(stats),
+                         "gemm_kernels": len(gemms), "other_kernels": len(others), "us": t * 1e6,
+                         "gemm_gpu_us": gemm_us, "other_gpu_us": other_us,
+                         "floor_us": floor * 1e6, "x_floor": t / floor, "first_call_s": round(first, 2),
+                         "host_us": host * 1e6, "rounds_us": [round(r * 1e6, 2) for r in rounds.get(name, [])],
+                         "other_kernels_us": [[k, round(us, 2)] for k, us in others]})
+            print(f"{kind:7s} B={B:4d} L={L:5d} {name:19s} kernels={len(stats):3d} (gemm {len(gemms)}, other "
+                  f"{len(others)}) {t * 1e6:9.1f} us  {t / floor:5.2f}x floor ({floor * 1e6:.1f} us); GPU: gemm "
+                  f"{gemm_us:.1f} us, other {other_us:.1f} us; host {host * 1e6:.0f} us a call", flush=True)
     payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows,
                "note": "eager, stock_compile, gdn_fx: one merged input GEMM; *_2gemm: the checkpoint's two"}
     print("wrote", save(args.out, "layer.json", payload))
