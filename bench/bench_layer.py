@@ -13,6 +13,8 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
   gdn_fx_nopdl, stock_compile_nopdl  the same without programmatic dependent launch of the gdn_fx
                  kernels (GDN_FX_PDL=0 while they run and are captured; gdn_fx.ops.pdl)
   gdn_fx_pdl_early  gdn_fx with GDN_FX_PDL=early (each kernel releases the next right after its wait)
+  gdn_fx_prefetch_off, gdn_fx_prefetch_all  gdn_fx with GDN_FX_L2_PREFETCH=0 / all: the skinny GEMM asks
+                 L2 for none / all of its weight share before its PDL wait (default: its first K step)
   gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
                  qkvz and ba GEMMs, interleaved groups, so the unpack pass has glue to fuse)
 All but the *_2gemm ones run the default layer: one merged input GEMM (rows [q, k, v, z, b, a]).
@@ -45,7 +47,7 @@ from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
 VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm",
-            "gdn_fx_nopdl", "gdn_fx_pdl_early", "stock_compile_nopdl")
+            "gdn_fx_nopdl", "gdn_fx_pdl_early", "gdn_fx_prefetch_off", "gdn_fx_prefetch_all", "stock_compile_nopdl")
 
 HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
@@ -61,18 +63,20 @@ def floor_bytes(layer, B: int, tokens: int) -> int:
     return weights + state + acts
 
 
-def pdl_mode(fn, value: str):
-    """``fn`` with GDN_FX_PDL=value (0: ordinary launches of the gdn_fx kernels; early) while it runs or is captured."""
+def with_env(fn, **env: str):
+    """``fn`` with the environment variables ``env`` set while it runs or is captured (the gdn_fx kernels'
+    launch knobs, read at each launch)."""
     def call(*args):
-        old = os.environ.get("GDN_FX_PDL")
-        os.environ["GDN_FX_PDL"] = value
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             return fn(*args)
         finally:
-            if old is None:
-                del os.environ["GDN_FX_PDL"]
-            else:
-                os.environ["GDN_FX_PDL"] = old
+            for k, v in old.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
     return call
 
 
@@ -102,9 +106,11 @@ def main():
         "gdn_fx_max_autotune": lambda: layer.compile_serving(backend="gdn_fx", options={"max_autotune": True}),
         "gdn_fx_2gemm": lambda: layers[False].compile_serving(backend="gdn_fx"),
         "stock_compile_2gemm": lambda: layers[False].compile_serving(backend="inductor"),
-        "gdn_fx_nopdl": lambda: pdl_mode(layer.compile_serving(backend="gdn_fx"), "0"),
-        "gdn_fx_pdl_early": lambda: pdl_mode(layer.compile_serving(backend="gdn_fx"), "early"),
-        "stock_compile_nopdl": lambda: pdl_mode(layer.compile_serving(backend="inductor"), "0"),
+        "gdn_fx_nopdl": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_PDL="0"),
+        "gdn_fx_pdl_early": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_PDL="early"),
+        "gdn_fx_prefetch_off": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_L2_PREFETCH="0"),
+        "gdn_fx_prefetch_all": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_L2_PREFETCH="all"),
+        "stock_compile_nopdl": lambda: with_env(layer.compile_serving(backend="inductor"), GDN_FX_PDL="0"),
     }
     fns = {name: makers[name]() for name in args.variants.split(",")}
     rows = []

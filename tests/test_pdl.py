@@ -36,7 +36,7 @@ def _kernels():
     return [
         ("skinny GEMM, split-K", lk._skinny_gemm_kernel, gemm,
          dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, SPLIT=4, EVEN_K=True, NORM=False, GS=1, DX=1, DZ=1, DW=1,
-              NORM_BEFORE_GATE=False, SIGMOID=False, STEPS=4), 4),
+              NORM_BEFORE_GATE=False, SIGMOID=False, STEPS=4, PREFETCH=1, LINE=64), 4),
         ("core decode", dk._core_decode_kernel, core,
          dict(NK=2, NV=4, DK=128, DV=128, BK=128, BV=64, S=1, W=4, KP=4, LP=1, HAS_BIAS=False, NEG=False, BZ=1,
               EVEN=True, TPP=2), 2),
@@ -60,6 +60,8 @@ def test_kernel_waits_before_any_memory_access(case, mode):
     assert first is not None and first.start() > wait, f"memory access before the wait: {first.group()}"
     if mode == pdl.LATE:  # the release comes after the kernel's first loads
         assert first.start() < release
+    if "PREFETCH" in const:  # the skinny GEMM's L2 requests for its weight come before the wait
+        assert 0 <= ptx.find("prefetch.global.L2") < wait
     off = ptx_sm90(kernel, sig, const | {"PDL": 0}, set(), warps)
     assert "griddepcontrol" not in off
 
@@ -72,6 +74,18 @@ def test_mode(monkeypatch):
     monkeypatch.setenv("GDN_FX_PDL", "sometimes")
     with pytest.raises(ValueError, match="GDN_FX_PDL='sometimes'"):
         pdl.mode(torch.device("cuda", 0))
+
+
+def test_prefetch_steps(monkeypatch):
+    from gdn_fx.ops.linear.triton_kernel import prefetch_steps
+
+    assert prefetch_steps(8) == 1
+    for env, want in (("0", 0), ("first", 1), ("all", 8)):
+        monkeypatch.setenv("GDN_FX_L2_PREFETCH", env)
+        assert prefetch_steps(8) == want
+    monkeypatch.setenv("GDN_FX_L2_PREFETCH", "most")
+    with pytest.raises(ValueError, match="GDN_FX_L2_PREFETCH='most'"):
+        prefetch_steps(8)
 
 
 @pytest.mark.gpu

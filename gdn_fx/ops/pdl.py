@@ -7,7 +7,9 @@ step of four short kernels on an H200 (bench/README.md).
 
 The protocol every kernel here follows, and why it is safe after any kernel, PDL-aware or not:
 - ``wait`` (``gdc_wait``) comes before the kernel's first global memory access, so it reads nothing and
-  writes nothing while the kernel before it runs;
+  writes nothing while the kernel before it runs. The one request before it is the skinny GEMM's L2
+  prefetch of its weight (``gdn_fx.ops.linear.triton_kernel.prefetch_l2``), which brings nothing into the
+  kernel and cannot go stale: L2 is where every SM's writes meet;
 - the release (``gdc_launch_dependents``) comes after that wait, so when the next kernel starts, this one
   has passed its wait and every kernel before the previous one has finished: ordering stays
   transitive down the stream, as without PDL.
