@@ -1,6 +1,7 @@
 """The one test backend every fusion test uses, and an opaque sink op standing in for the core op."""
 
 import collections
+import functools
 
 import torch
 
@@ -35,6 +36,14 @@ def sink(xs: list[torch.Tensor]) -> list[torch.Tensor]:
 @sink.register_fake
 def _(xs):
     return [torch.empty_like(x) for x in xs]
+
+
+def fire_on_cpu(monkeypatch, *names: str) -> None:
+    """The backend's passes ``names`` fire on the CPU too (where their ops run the reference), for this test."""
+    from gdn_fx.passes import PASSES
+
+    for name in names:
+        monkeypatch.setitem(PASSES, name, functools.partial(PASSES[name], devices=("cpu",)))
 
 
 def compile_fresh(fn, backend, token_ranks=(2,), **kwargs):

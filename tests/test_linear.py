@@ -2,7 +2,6 @@
 kernel at odd sizes (under TRITON_INTERPRET=1 on the CPU, natively on cuda), every tuner candidate,
 and the pass: where it fires (bit-exact on the CPU, where the op is ATen) and where it must not."""
 
-import functools
 import os
 import subprocess
 import sys
@@ -13,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from gdn_fx import ops
-from gdn_fx.passes import PASSES, LinearPass
-from tests.fusion import RecordingBackend, assert_exact, compile_fresh, layer_steps
+from tests.fusion import RecordingBackend, assert_exact, compile_fresh, fire_on_cpu, layer_steps
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
               pytest.mark.usefixtures("fresh_dynamo")]
@@ -23,7 +21,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::
 @pytest.fixture
 def on_cpu(monkeypatch):
     """The backend's linear pass fires on the CPU too (where the op is ATen's matmul)."""
-    monkeypatch.setitem(PASSES, "linear", functools.partial(LinearPass, devices=("cpu",)))
+    fire_on_cpu(monkeypatch, "linear")
 
 
 def test_reference_is_aten_mm(device):
@@ -303,9 +301,7 @@ def test_layer_norm_gate_moves_into_out_proj(on_cpu, monkeypatch, variant, make_
     """With the norm-gate pass firing too: the layer's norm-gate and out_proj become one
     gdn_fx.norm_gate_linear (no gdn_fx.norm_gate left), within the norm-gate's 1-ulp tolerance of the
     passes-off compile."""
-    from gdn_fx.passes import NormGateFusionPass
-
-    monkeypatch.setitem(PASSES, "norm_gate", functools.partial(NormGateFusionPass, devices=("cpu",)))
+    fire_on_cpu(monkeypatch, "norm_gate")
     rec, got, want, pools = _layer_steps(make_layer())
     torch.testing.assert_close(got, want, rtol=2**-6, atol=2e-2)
     after = rec.after[0]

@@ -4,7 +4,6 @@ and the almost-RMSNormGated graphs where it must not fire.
 The pass fires only where gdn_fx::norm_gate has a kernel (cuda); these tests ask it to fire on
 the CPU (``devices=("cpu",)``), where the op runs its reference."""
 
-import functools
 import logging
 
 import pytest
@@ -16,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gdn_fx.layers.norm import RMSNormGated
-from gdn_fx.passes import PASSES, NormGateFusionPass
-from tests.fusion import RecordingBackend, assert_exact, compile_fresh, layer_steps
+from tests.fusion import RecordingBackend, assert_exact, compile_fresh, fire_on_cpu, layer_steps
 from tests.test_norm_gate import ulps
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
@@ -31,7 +29,7 @@ NORM_OPS = ("aten.pow.Tensor_Scalar", "aten.mean.dim", "aten.rsqrt", "aten.sigmo
 @pytest.fixture
 def on_cpu(monkeypatch):
     """The backend's norm_gate pass fires on the CPU too."""
-    monkeypatch.setitem(PASSES, "norm_gate", functools.partial(NormGateFusionPass, devices=("cpu",)))
+    fire_on_cpu(monkeypatch, "norm_gate")
 
 
 def _norm(dtype=torch.float32, **kwargs) -> RMSNormGated:
