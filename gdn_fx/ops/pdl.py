@@ -16,8 +16,8 @@ The protocol every kernel here follows, and why it is safe after any kernel, PDL
 A kernel launched the ordinary way after one of ours waits for it to finish, as always.
 
 Where a kernel releases the next: LATE (the default), once its main loads and loop are issued, or EARLY,
-right after its wait. EARLY parks the next kernel's programs on the SMs for longer, and cost 3.9 us at
-B = 32 where LATE saved 2.2 (H200, Qwen3-Next layer step).
+right after its wait. EARLY cost 3.9 us at B = 32 where LATE saved 2.2 (H200, Qwen3-Next layer step; not
+profiled, likely because the next kernel's programs then sit on the SMs for the whole kernel).
 
 ``mode(device)`` is 0 (ordinary launches), EARLY or LATE; kernels take it as their ``PDL`` constexpr, so
 the interpreter and older GPUs compile no PDL instruction, and ``options(mode)`` is the launch's keyword

@@ -13,6 +13,8 @@ BLOCK_N output columns for BLOCK_M rows and a 1/SPLIT share of K, and streams th
   bumps the tile's counter (acq_rel, ``gdn_fx.ops.scratch``); the last of the SPLIT programs to
   arrive adds the partials in split order, stores y and resets the counter. One launch, and a
   deterministic result: the order of the sum never depends on which program came last.
+- On sm_90 and later (``gdn_fx.ops.pdl``) a program asks L2 for the first K step of its weight share,
+  then waits for the kernel before: the weight starts streaming while that kernel finishes.
 
 Which sizes run here and which go back to ATen (``linear_reference``) is the table measured on the
 GPU it runs on (``gdn_fx.tuning``, kernel "linear", dims (N, K), size M); ATEN (block_n = 0), or a
