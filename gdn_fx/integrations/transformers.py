@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gdn_fx.layers import GatedDeltaNet, get_layer
-from gdn_fx.metadata import GDNMetadata, Request, build_metadata, decode_first_order
+from gdn_fx.metadata import Request, build_metadata, decode_first_order
 
 # transformers' GDN module class -> gdn_fx layer family (Qwen3.5-MoE's module is Qwen3.5's)
 FAMILIES = {

@@ -108,6 +108,12 @@ def _unpack(T: int, NK: int, NV: int, DK: int, DV: int):
     return (lambda cfg: unpack_triton([x], segs, widths, tile=(*cfg[:3], bool(cfg[3])))), T
 
 
+def _weights(N: int, K: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Copies of an [N, K] bf16 weight that together overflow L2 (at least 2), for a timing to cycle through."""
+    return [(torch.randn(N, K, device="cuda", generator=g) * K**-0.5).bfloat16()
+            for _ in range(max(2, -(-ROTATE_BYTES // (2 * N * K))))]
+
+
 def _linear(M: int, N: int, K: int):
     """Times one product of a weight among copies that together overflow L2 (a model's weights
     never sit in it), so every candidate reads its weight from memory."""
@@ -115,8 +121,7 @@ def _linear(M: int, N: int, K: int):
 
     g = torch.Generator(device="cuda").manual_seed(M)
     x = torch.randn(M, K, device="cuda", generator=g).bfloat16()
-    ws = [(torch.randn(N, K, device="cuda", generator=g) * K**-0.5).bfloat16()
-          for _ in range(max(2, -(-ROTATE_BYTES // (2 * N * K))))]
+    ws = _weights(N, K, g)
 
     def run(cfg):
         for w in ws:
@@ -133,8 +138,7 @@ def _norm_gate_linear(M: int, N: int, K: int, GS: int):
     x = torch.randn(M, K // GS, GS, device="cuda", generator=g).bfloat16()
     z = torch.randn(M, 3 * K, device="cuda", generator=g).bfloat16()[:, K : 2 * K].unflatten(-1, (K // GS, GS))
     nw = (1 + 0.2 * torch.randn(GS, device="cuda", generator=g)).bfloat16()
-    ws = [(torch.randn(N, K, device="cuda", generator=g) * K**-0.5).bfloat16()
-          for _ in range(max(2, -(-ROTATE_BYTES // (2 * N * K))))]
+    ws = _weights(N, K, g)
 
     def run(cfg):
         for w in ws:
