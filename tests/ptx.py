@@ -1,19 +1,44 @@
-"""Compiling a Triton kernel for sm_90 on any machine (no GPU needed), to check its PTX."""
+"""Compiling a Triton kernel for sm_90 on any machine (no GPU needed), to check its PTX and its resource use."""
+
+import re
+import subprocess
+import tempfile
 
 import pytest
 
 
-def ptx_sm90(kernel, signature: dict, constexprs: dict, divisible_by_16: set, num_warps: int) -> str:
-    """``kernel`` compiled for sm_90: its PTX. ``signature`` maps every non-constexpr argument to a Triton
-    type ("*bf16", "i32", ...); skips where this Triton has no NVIDIA backend or tools."""
-    triton = pytest.importorskip("triton")
+def compile_sm90(kernel, signature: dict, constexprs: dict, divisible_by_16: set, num_warps: int, num_stages: int = 3):
+    """``kernel`` compiled for sm_90 by this Triton and its ptxas. ``signature`` maps every non-constexpr argument
+    to a Triton type ("*bf16", "i32", ...); ``divisible_by_16`` names the arguments a launch would find 16-aligned
+    (pointers, strides), as Triton specializes them. Raises where this Triton has no NVIDIA backend or tools."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     signature = {n: signature.get(n, "constexpr") for n in kernel.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names) if n in divisible_by_16}
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def ptx_sm90(kernel, signature: dict, constexprs: dict, divisible_by_16: set, num_warps: int) -> str:
+    """``kernel`` compiled for sm_90: its PTX (arguments as ``compile_sm90``'s); skips where this Triton has no
+    NVIDIA backend or tools."""
+    pytest.importorskip("triton")
     try:
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
+        return compile_sm90(kernel, signature, constexprs, divisible_by_16, num_warps).asm["ptx"]
     except Exception as e:  # a Triton without the NVIDIA backend or its tools
         pytest.skip(f"cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}")
+
+
+def resource_usage(compiled) -> dict[str, int]:
+    """Registers a thread (REG), local-memory stack bytes a thread (STACK: spills), shared memory bytes (SHARED)
+    of a ``compile_sm90`` result, as Triton's own cuobjdump reads them from the cubin."""
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([knobs.nvidia.cuobjdump.path, "-res-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
