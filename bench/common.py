@@ -31,7 +31,7 @@ def interleaved_graph_times(fns: dict, rounds: int = 5, reps: int = 10, inner: i
     timed round after round, every variant in each round. Small sizes are launch-bound and drift with
     the clocks between runs by up to 2x; interleaving gives every variant the same drift, and the
     median of the rounds drops the outliers."""
-    graphs = {name: timing.capture(fn) for name, fn in fns.items()}
+    graphs = {name: timing.capture(fn)[0] for name, fn in fns.items()}
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, g in graphs.items():

@@ -6,6 +6,7 @@ import torch
 
 from gdn_fx import Request, build_metadata
 from gdn_fx.layers import Qwen3NextGatedDeltaNet
+from gdn_fx.tuning.timing import capture
 
 pytestmark = pytest.mark.gpu
 HIDDEN, NK, NV, DK, DV, SLOTS, ROWS = 96, 2, 6, 32, 48, 40, 24
@@ -48,16 +49,9 @@ def test_decode_step_captured_and_replayed(num_spec, compiled):
     # static inputs, sized for the largest batch: every replay copies its step into them
     static_meta = build_metadata(_batch(0, num_spec), num_slots=SLOTS, num_spec=num_spec, device="cuda", pad_to=ROWS)
     static_h = torch.randn(ROWS, HIDDEN, device="cuda", dtype=torch.bfloat16)
-    warm_pools = tuple(p.clone() for p in eager_pools)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # compile and JIT outside the capture, on scratch pools
-        for _ in range(2):
-            step_fn(static_h, *warm_pools, static_meta)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step_fn(static_h, *graph_pools, static_meta)
+    warm_pools = tuple(p.clone() for p in eager_pools)  # compile and JIT outside the capture, on scratch pools
+    graph, static_out = capture(lambda: step_fn(static_h, *graph_pools, static_meta), warmup=2,
+                                warm=lambda: step_fn(static_h, *warm_pools, static_meta))
     # the capture itself must not have changed the pools
     for p, q in zip(graph_pools, eager_pools):
         assert torch.equal(p, q)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gdn_fx.ops import pdl
+from gdn_fx.tuning.timing import capture
 from tests.ptx import ptx_sm90
 
 MEMORY = re.compile(r"\b(?:ld\.global|st\.global|atom\.|red\.|cp\.async)")
@@ -125,12 +126,9 @@ def test_decode_step_same_bits_with_and_without_pdl(B, monkeypatch):
     for flag in ("early", "late", "0"):
         monkeypatch.setenv("GDN_FX_PDL", flag)
         pools = (conv.clone(), ssm.clone())
+        scratch = tuple(p.clone() for p in pools)  # compile and JIT outside the capture, on scratch pools
         with torch.no_grad():
-            step(h, *(p.clone() for p in pools), meta)  # compile and JIT outside the capture
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = step(h, *pools, meta)
+            graph, out = capture(lambda: step(h, *pools, meta), warmup=1, warm=lambda: step(h, *scratch, meta))
         runs[flag] = graph, out, pools
     for i in range(3):
         h.copy_(torch.randn_like(h))

@@ -82,6 +82,43 @@ def test_measured_configs_are_candidates():
                 assert set(buckets.values()) <= space, (dev, kernel, dims)
 
 
+def test_capture_warms_then_captures_fn(monkeypatch):
+    """timing.capture, with torch.cuda's streams and graphs recorded: ``warm`` (default ``fn``) runs ``warmup``
+    times on the side stream, then ``fn`` once inside the graph, whose output comes back with the graph."""
+    from contextlib import contextmanager
+
+    from gdn_fx.tuning import timing
+
+    where = []
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    @contextmanager
+    def on(name):
+        where.append(f"enter {name}")
+        yield
+        where.append(f"exit {name}")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: on("side stream"))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: on(g))
+
+    def call(name):
+        where.append(name)
+        return name
+
+    g, out = timing.capture(lambda: call("fn"), warmup=2, warm=lambda: call("warm"))
+    assert (g, out) == ("graph", "fn")
+    assert where == ["enter side stream", "warm", "warm", "exit side stream", "enter graph", "fn", "exit graph"]
+    where.clear()
+    assert timing.capture(lambda: call("fn"), warmup=1) == ("graph", "fn")
+    assert where == ["enter side stream", "fn", "exit side stream", "enter graph", "fn", "exit graph"]
+
+
 def test_sweep_layout_is_the_transformers_unpacking():
     """The tuner's unpack layout is Qwen3-Next's checkpoint unpacking (transformers' spelling)."""
     NK, NV, DK, DV, T = 2, 6, 4, 3, 5

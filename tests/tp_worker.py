@@ -158,6 +158,7 @@ def check_cuda_graph(rank: int, world_size: int, device, rows: int = 8) -> list[
     and replayed on changing padded decode batches, against the single-process layer run eagerly;
     then the eager sharded decode step under sync-debug mode "error" (no host-device sync)."""
     from gdn_fx import Request, build_metadata
+    from gdn_fx.tuning.timing import capture
 
     full, tp = _layers("qwen3_next", 2, 3, device, torch.float32)
     gen = torch.Generator().manual_seed(2)  # the same batches and inputs on every rank
@@ -173,16 +174,9 @@ def check_cuda_graph(rank: int, world_size: int, device, rows: int = 8) -> list[
     _, static_meta, static_h = batch(0)
     scratch = tuple(p.clone() for p in tp_pools)
     errors = []
-    with torch.no_grad():
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):  # compile, JIT and nccl set-up outside the capture, on scratch pools
-            for _ in range(2):
-                step(static_h, *scratch, static_meta)
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = step(static_h, *tp_pools, static_meta)
+    with torch.no_grad():  # compile, JIT and nccl set-up outside the capture, on scratch pools
+        graph, static_out = capture(lambda: step(static_h, *tp_pools, static_meta), warmup=2,
+                                    warm=lambda: step(static_h, *scratch, static_meta))
         for i in range(1, 5):
             reqs, meta, h = batch(i)
             static_meta.copy_(meta)
