@@ -27,9 +27,13 @@ from gdn_fx.ops.linear import triton_kernel as lk  # noqa: E402
 from gdn_fx.tuning import measured  # noqa: E402
 from tests.ptx import compile_sm90, resource_usage  # noqa: E402
 
-NK, NV, DK, DV, HIDDEN, W = 16, 32, 128, 128, 2048, 4
-QKVZBA = 2 * NK * DK + 2 * NV * DV + 2 * NV  # the merged in_proj's rows
-CONV = 2 * NK * DK + NV * DV
+NK, NV, DK, DV, W = 16, 32, 128, 128, 4
+# Triton types of the kernels' non-constexpr arguments (tests/test_pdl.py compiles the same kernels)
+CORE_SIGNATURE = {n: "*bf16" for n in ("x", "conv_w", "conv_b", "conv_state", "a", "b", "out")} | {
+    n: "*fp32" for n in ("A_log", "dt_bias", "state")} | {n: "*i32" for n in ("qsl", "idx", "acc", "counters")} | {
+    n: "i32" for n in dk._core_decode_kernel.arg_names if n.startswith("stride") or n in ("T", "N")} | {"scale": "fp32"}
+GEMM_SIGNATURE = {n: "*bf16" for n in ("x", "w", "y", "z", "nw")} | {"part": "*fp32", "counters": "*i32", "eps": "fp32"} | {
+    n: "i32" for n in ("M", "N", "K", "sxm", "sxk", "swn", "sym", "sx1", "sz0", "sz1", "sz2")}
 
 
 def programs_per_sm(regs: int, warps: int, shared: int) -> int:
@@ -40,34 +44,34 @@ def programs_per_sm(regs: int, warps: int, shared: int) -> int:
     return min(65536 // (per_warp * warps), by_shared, 64 // warps, 32)
 
 
+def _specialized(signature: dict, ones: dict, aligned: set) -> tuple[dict, set]:
+    """The signature less the arguments a launch passes as 1 (Triton makes them constants), and the
+    16-aligned ones: every pointer and ``aligned``."""
+    sig = {n: t for n, t in signature.items() if n not in ones}
+    return sig, {n for n, t in sig.items() if t.startswith("*")} | aligned
+
+
 def core_decode(BV: int, warps: int, tpp: int):
-    tiles = NV // NK * triton.cdiv(DV, BV)
-    tpp = math.gcd(tpp, tiles)
-    sig = {n: "*bf16" for n in ("x", "conv_w", "conv_b", "conv_state", "a", "b", "out")}
-    sig |= {n: "*fp32" for n in ("A_log", "dt_bias", "state")} | {n: "*i32" for n in ("qsl", "idx", "acc", "counters")}
-    sig |= {"stride_x": "i32", "stride_w": "i32", "stride_cs": "i32", "stride_cd": "i32", "stride_a": "i32",
-            "stride_b": "i32", "scale": "fp32", "T": "i32", "N": "i32"}
-    # a decode step of the merged layer: x, a and b are column views of the projection's rows; the conv
-    # state is [slots, CONV, W - 1] contiguous, its weight [CONV, W]
-    aligned = {n for n, t in sig.items() if t.startswith("*")} | {"stride_x", "stride_a", "stride_b", "stride_cs"}
-    const = dict(stride_cl=1, stride_ah=1, stride_bh=1, stride_idx=1, NK=NK, NV=NV, DK=DK, DV=DV,
-                 BK=triton.next_power_of_2(DK), BV=BV, S=1, W=W, KP=4, LP=1, HAS_BIAS=False, NEG=False, BZ=1,
-                 EVEN=DV % BV == 0, TPP=tpp, PDL=pdl.LATE)
-    return compile_sm90(dk._core_decode_kernel, sig, const, aligned, warps), f"BV={BV} warps={warps} tiles/program={tpp}"
+    """A decode step (one row a sequence) of the merged layer: x, a and b are column views of the projection's rows
+    (a row stride of thousands, a's and b's heads 1 apart), the conv state [slots, channels, W - 1] contiguous,
+    a one-column slot table."""
+    _, const = dk.launch_geometry(1, 1, NK, NV, DK, DV, W, 1, BV, tpp)
+    ones = dict(stride_cl=1, stride_ah=1, stride_bh=1, stride_idx=1)
+    sig, aligned = _specialized(CORE_SIGNATURE, ones, {"stride_x", "stride_a", "stride_b", "stride_cs"})
+    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE)
+    return (compile_sm90(dk._core_decode_kernel, sig, const, aligned, warps),
+            f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}")
 
 
 def skinny_gemm(N: int, K: int, M: int, cfg: tuple):
-    block_m, block_n, block_k, warps, stages, split = cfg
-    k_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
-    split = triton.cdiv(K, k_split)
-    sig = {n: "*bf16" for n in ("x", "w", "y", "z", "nw")} | {"part": "*fp32", "counters": "*i32", "eps": "fp32"}
-    sig |= {n: "i32" for n in ("M", "N", "K", "sxm", "swn", "sym", "sx1", "sz0", "sz1", "sz2")}
-    const = dict(sxk=1, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
-                 EVEN_K=K % block_k == 0 and K % k_split == 0, NORM=False, GS=1, DX=1, DZ=1, DW=1,
-                 NORM_BEFORE_GATE=False, SIGMOID=False, STEPS=k_split // block_k, PDL=pdl.LATE, PREFETCH=1, LINE=64)
-    aligned = {n for n, t in sig.items() if t.startswith("*")} | {"N", "K", "sxm", "swn", "sym"}
-    return (compile_sm90(lk._skinny_gemm_kernel, sig, const, aligned, warps, stages),
-            f"M<={M} {N}x{K} block {block_m}x{block_n}x{block_k} warps={warps} stages={stages} split={split}")
+    """An [M, K] x [N, K]^T product of contiguous bf16 tensors, without the norm-gate prologue."""
+    _, const = lk.launch_geometry(M, N, K, cfg)
+    ones = dict(sxk=1)
+    sig, aligned = _specialized(GEMM_SIGNATURE, ones, {"N", "K", "sxm", "swn", "sym"})
+    const |= ones | dict(NORM=False, GS=1, DX=1, DZ=1, DW=1, NORM_BEFORE_GATE=False, SIGMOID=False, PDL=pdl.LATE,
+                         PREFETCH=1, LINE=64)
+    return (compile_sm90(lk._skinny_gemm_kernel, sig, const, aligned, cfg[3], cfg[4]),
+            f"M<={M} {N}x{K} block {cfg[0]}x{cfg[1]}x{cfg[2]} warps={cfg[3]} stages={cfg[4]} split={const['SPLIT']}")
 
 
 def main():

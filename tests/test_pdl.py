@@ -22,12 +22,8 @@ def _kernels():
     from gdn_fx.ops.norm_gate import triton_kernel as nk
     from gdn_fx.ops.unpack import triton_kernel as uk
 
-    gemm = {n: "*bf16" for n in ("x", "w", "y", "z", "nw")} | {"part": "*fp32", "counters": "*i32", "eps": "fp32"}
-    gemm |= {n: "i32" for n in ("M", "N", "K", "sxm", "sxk", "swn", "sym", "sx1", "sz0", "sz1", "sz2")}
-    core = {n: "*bf16" for n in ("x", "conv_w", "conv_b", "conv_state", "a", "b", "out")}
-    core |= {n: "*fp32" for n in ("A_log", "dt_bias", "state")} | {n: "*i32" for n in ("qsl", "idx", "acc", "counters")}
-    core |= {n: "i32" for n in dk._core_decode_kernel.arg_names if n.startswith("stride") or n in ("T", "N")}
-    core |= {"scale": "fp32"}
+    from bench.kernel_resources import CORE_SIGNATURE as core
+    from bench.kernel_resources import GEMM_SIGNATURE as gemm
     norm = {n: "*bf16" for n in ("x", "z", "w", "y")} | {"eps": "fp32"}
     norm |= {n: "i32" for n in ("R", "sx0", "sx1", "sx2", "sz0", "sz1", "sz2")}
     unpack = {n: "*bf16" for n in uk._unpack_kernel.arg_names if n[0] in "so" and n[1:].isdigit()}

@@ -218,6 +218,21 @@ def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int
     return tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV))
 
 
+def launch_geometry(T: int, N: int, NK: int, NV: int, DK: int, DV: int, W: int, S: int, BV: int,
+                    tpp: int) -> tuple[tuple[int, int, int], dict]:
+    """(grid, the size constexprs) of a launch over T rows of N sequences with config (BV, tiles per program
+    ``tpp``): BV clamped to the head, ``tpp`` to a divisor of a key head's tiles. The launcher's, and
+    ``bench/kernel_resources.py``'s to compile the same kernel."""
+    BK = triton.next_power_of_2(DK)
+    BV = min(BV, triton.next_power_of_2(DV))
+    tiles = NV // NK * triton.cdiv(DV, BV)  # per key head
+    tpp = math.gcd(tpp, tiles)
+    const = dict(NK=NK, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=S, W=W, KP=triton.next_power_of_2(max(W - 1, 1)),
+                 LP=triton.next_power_of_2(S), BZ=triton.next_power_of_2(triton.cdiv(T, N)),
+                 EVEN=BK == DK and DV % BV == 0, TPP=tpp)
+    return (tiles // tpp, NK, N), const
+
+
 def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, query_start_loc,
                        state_indices, num_accepted_tokens, num_k_heads, head_k_dim, scale, allow_neg_eigval, out,
                        cfg: tuple[int, int, int] | None = None):
@@ -230,23 +245,14 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
         return out
     if N == 0:
         return out.zero_()
-    W = conv_weight.shape[1]
-    S = state_indices.shape[1]
-    BK = triton.next_power_of_2(DK)
     BV, num_warps, tpp = cfg or config(DK, DV, N, NV, x.device)
-    BV = min(BV, triton.next_power_of_2(DV))
-    tiles = NV // num_k_heads * triton.cdiv(DV, BV)  # per key head
-    tpp = math.gcd(tpp, tiles)
-    grid = (tiles // tpp, num_k_heads, N)
+    grid, const = launch_geometry(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1], BV, tpp)
     m = pdl.mode(x.device)
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
         num_accepted_tokens, out, scratch.counters(x.device, N * num_k_heads),
         x.stride(0), conv_weight.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale, T, N,
-        NK=num_k_heads, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=S, W=W,
-        KP=triton.next_power_of_2(max(W - 1, 1)), LP=triton.next_power_of_2(S), HAS_BIAS=conv_bias is not None,
-        NEG=allow_neg_eigval, BZ=triton.next_power_of_2(triton.cdiv(T, N)), EVEN=BK == DK and DV % BV == 0,
-        TPP=tpp, num_warps=num_warps, PDL=m, **pdl.options(m),
+        **const, HAS_BIAS=conv_bias is not None, NEG=allow_neg_eigval, num_warps=num_warps, PDL=m, **pdl.options(m),
     )
     return out

@@ -145,14 +145,24 @@ def config(M: int, N: int, K: int, device: torch.device) -> tuple[int, ...]:
     return tuning.lookup("linear", device, (N, K), M, ATEN)
 
 
+def launch_geometry(M: int, N: int, K: int, cfg: tuple) -> tuple[tuple[int, int, int], dict]:
+    """(grid, the block constexprs) of an [M, K] x [N, K]^T product with config ``cfg``: K cut into at most
+    ``split`` shares of whole BLOCK_K steps, none empty. The launcher's, and ``bench/kernel_resources.py``'s."""
+    block_m, block_n, block_k, _, _, split = cfg
+    k_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
+    split = triton.cdiv(K, k_split)  # no empty share
+    const = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
+                 EVEN_K=K % block_k == 0 and K % k_split == 0, STEPS=k_split // block_k)
+    return (triton.cdiv(N, block_n), split, triton.cdiv(M, block_m)), const
+
+
 def _launch(x, weight, cfg, M, K, norm=None):
     """y = (x, or the norm-gate of ``norm``'s tensors) @ weight.T with config ``cfg``."""
     N = weight.shape[0]
-    block_m, block_n, block_k, warps, stages, split = cfg
+    warps, stages = cfg[3], cfg[4]
     y = torch.empty(M, N, dtype=weight.dtype, device=weight.device)
-    k_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
-    split = triton.cdiv(K, k_split)  # no empty share
-    grid = (triton.cdiv(N, block_n), split, triton.cdiv(M, block_m))
+    grid, const = launch_geometry(M, N, K, cfg)
+    split = const["SPLIT"]
     part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     counters = scratch.counters(x.device, grid[0] * grid[2]) if split > 1 else y
     if norm is None:
@@ -163,13 +173,11 @@ def _launch(x, weight, cfg, M, K, norm=None):
         (sx, DX), (sz, DZ) = layout(x), layout(z)
         norm_args = dict(NORM=True, GS=gs, DX=DX, DZ=DZ, DW=nw.numel(), NORM_BEFORE_GATE=nbg, SIGMOID=act == "sigmoid")
     m = pdl.mode(x.device)
-    steps = k_split // block_k
     _skinny_gemm_kernel[grid](
         x, weight, y, part, counters, M, N, K, sx[0], sx[2], weight.stride(0), y.stride(0),
         norm[0] if norm is not None else y, nw, eps, sx[1], *sz,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, EVEN_K=K % block_k == 0 and K % k_split == 0,
-        STEPS=steps, num_warps=warps, num_stages=stages, **norm_args, PDL=m, PREFETCH=prefetch_steps(steps) if m else 0,
-        LINE=128 // weight.element_size(), **pdl.options(m),
+        **const, num_warps=warps, num_stages=stages, **norm_args, PDL=m,
+        PREFETCH=prefetch_steps(const["STEPS"]) if m else 0, LINE=128 // weight.element_size(), **pdl.options(m),
     )
     return y
 
