@@ -2,8 +2,7 @@
 
 TABLE[device name][kernel][dims][bucket] = config, where dims and the size that picks the bucket are
 those of ``gdn_fx.tuning.sweep``:
-- core_decode: dims "DKxDV", size sequences x value heads, config (BV, num_warps, tiles per program,
-  stages);
+- core_decode: dims "DKxDV", size sequences x value heads, config (BV, num_warps, tiles per program);
 - norm_gate: dims "group size", size rows (tokens x groups), config (block_r, num_warps);
 - unpack: dims "output columns", size tokens, config (block_t, block_c, num_warps, wide);
 - linear: dims "NxK" (weight rows x columns), size tokens (rows M), config (block_m, block_n, block_k,
@@ -22,9 +21,9 @@ holds the one that measured fastest.
 TABLE: dict = {
     "NVIDIA H200": {
         "core_decode": {
-            "128x128": {32: (32, 4, 1, 1), 64: (64, 4, 1, 1), 128: (64, 2, 1, 1), 256: (64, 2, 1, 1),
-                        512: (128, 4, 64, 1), 1024: (64, 2, 64, 1), 2048: (128, 4, 64, 1), 4096: (128, 4, 64, 1),
-                        8192: (128, 4, 2, 1), 16384: (128, 4, 64, 1)},
+            "128x128": {32: (32, 4, 1), 64: (64, 4, 1), 128: (64, 2, 1), 256: (64, 2, 1), 512: (128, 4, 64),
+                        1024: (64, 2, 64), 2048: (128, 4, 64), 4096: (128, 4, 64), 8192: (128, 4, 2),
+                        16384: (128, 4, 64)},
         },
         "norm_gate": {  # 2026-12-01, loads without an eviction hint (tuning_norm_gate_h200.json)
             "128": {32: (1, 2), 256: (16, 16), 1024: (2, 2), 2048: (4, 2), 4096: (8, 8), 8192: (16, 8),

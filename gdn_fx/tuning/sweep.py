@@ -28,10 +28,8 @@ ROTATE_BYTES = 256 << 20  # the linear sweep cycles through weight copies this l
 def candidates(kernel: str, dims: tuple) -> list[tuple]:
     """The search space of ``kernel`` for ``dims`` (every entry is exercised by the kernel's tests)."""
     if kernel == "core_decode":
-        single = [(bv, w, t, 1) for bv, w, t in itertools.product((16, 32, 64, 128), (1, 2, 4), (1, 2, 64))]
-        # the software-pipelined loop over a program's tiles (STAGES = 2) where it has more than one
-        piped = [(bv, w, t, 2) for bv, w, t in itertools.product((32, 64, 128), (2, 4, 8), (2, 4, 64))]
-        return [c for c in single + piped if c[0] <= max(16, 1 << (dims[1] - 1).bit_length())]
+        return [(bv, w, t) for bv, w, t in itertools.product((16, 32, 64, 128), (1, 2, 4), (1, 2, 64))
+                if bv <= max(16, 1 << (dims[1] - 1).bit_length())]
     if kernel == "norm_gate":
         bd = 1 << (dims[0] - 1).bit_length()
         return [(r, w) for r, w in itertools.product((1, 2, 4, 8, 16, 32, 64), (1, 2, 4, 8, 16))

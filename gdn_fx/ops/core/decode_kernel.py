@@ -5,11 +5,8 @@ A key head's work is R * (DV / BV) state tiles [DK, BV] (value head x block of B
 Grid (programs per key head, key heads, sequences): each program takes TPP of its key head's tiles
 in turn, holding one fp32 tile in registers, and convolves the channels it reads: the key head's
 q and k (DK each) and each tile's block of v, from the conv window at column
-``num_accepted_tokens - 1`` of slot ``state_indices[n, 0]``. (BV, warps, TPP, STAGES) come from
-the table measured for the GPU (``config``). With STAGES = 2 Triton's software pipeliner streams the
-next tile's state into shared memory (cp.async) while the current tile's arithmetic runs, so a
-program's loads no longer stop while it computes (a loop with a barrier is not pipelined: the v
-channels' conv-state shift then runs in a loop of its own after the tiles).
+``num_accepted_tokens - 1`` of slot ``state_indices[n, 0]``. (BV, warps, TPP) come from the table
+measured for the GPU (``config``).
 
 The conv state update is the delicate part. A program owns its tiles' v channels and shifts their
 state itself. The q/k channels of a key head are read by all of its programs, so none may shift
@@ -81,7 +78,7 @@ def _core_decode_kernel(
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     S: tl.constexpr, W: tl.constexpr, KP: tl.constexpr, LP: tl.constexpr, HAS_BIAS: tl.constexpr,
     NEG: tl.constexpr, BZ: tl.constexpr, EVEN: tl.constexpr,
-    TPP: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    TPP: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_wait(PDL)
     i_p = tl.program_id(0)
@@ -116,7 +113,7 @@ def _core_decode_kernel(
         b_q = tl.zeros([BK], dtype=tl.float32)
         b_k = tl.zeros([BK], dtype=tl.float32)
     # this program's TPP tiles: (value head of the key head's group, block of BV value columns)
-    for i_t in tl.range(0, TPP, num_stages=STAGES):
+    for i_t in tl.range(0, TPP):
         tile = i_p * TPP + i_t
         i_hv = i_hk * R + tile // NVB
         offs_v = (tile % NVB) * BV + tl.arange(0, BV)
@@ -130,10 +127,7 @@ def _core_decode_kernel(
         p_state = offs_k[:, None] * DV + offs_v[None, :] + i_hv * DK * DV
         if EVEN:  # whole tiles: unmasked (vector) state loads and stores under scalar branches
             A, bias = head_gates(A_log, dt_bias, i_hv)
-            if STAGES > 1:  # one unconditional load, which the pipeliner moves a tile ahead (slot 0 for padding)
-                h = tl.load(state + tl.maximum(read, 0).to(tl.int64) * (NV * DK * DV) + p_state).to(tl.float32)
-                h = tl.where(live, h, 0.0)
-            elif live:
+            if live:
                 h = tl.load(state + read.to(tl.int64) * (NV * DK * DV) + p_state).to(tl.float32)
             else:
                 h = tl.zeros([BK, BV], dtype=tl.float32)
@@ -169,7 +163,7 @@ def _core_decode_kernel(
                     slot_dk = tl.where(slot >= 0, live_dk, 0)
                     tl.store(state + tl.maximum(slot, 0).to(tl.int64) * NV * DK * DV + p_state,
                              h.to(state.dtype.element_ty), mask=m_state & (offs_k[:, None] < slot_dk))
-        if (L > 0) & (STAGES == 1):  # v: the tile's own channels
+        if L > 0:  # v: the tile's own channels
             _shift_state(base_s, base_x, 2 * NK * DK + i_hv * DV + (tile % NVB) * BV,
                          live_dv - (tile % NVB) * BV, o, L, stride_cd, stride_cl, stride_x, W, KP, LP, BV)
         # rows past the last sequence (none in a batch from build_metadata), BZ of them per program
@@ -178,12 +172,6 @@ def _core_decode_kernel(
         tl.store(out + rows[:, None] * NV * DV + i_hv * DV + offs_v[None, :],
                  tl.zeros([BZ, BV], dtype=out.dtype.element_ty), mask=(rows < T)[:, None] & (offs_v < DV)[None, :])
 
-    if STAGES > 1:  # the pipeliner takes no loop with a barrier (the shift's): the tiles' v channels after
-        if L > 0:
-            for i_t in tl.range(0, TPP):
-                tile = i_p * TPP + i_t
-                _shift_state(base_s, base_x, 2 * NK * DK + (i_hk * R + tile // NVB) * DV + (tile % NVB) * BV,
-                             live_dv - (tile % NVB) * BV, o, L, stride_cd, stride_cl, stride_x, W, KP, LP, BV)
     pdl_release(PDL)
     # q/k: shifted once every tile of the key head has read them
     if L > 0:
@@ -209,33 +197,31 @@ def supports(x, conv_weight, conv_state, ssm_state, state_indices) -> bool:
             and conv_state.shape[2] >= W - 2 + state_indices.shape[1] and W >= 2)
 
 
-def default_config(DK: int, DV: int) -> tuple[int, int, int, int]:
-    """(BV, num_warps, tiles per program, stages) where no measured table has an entry: the H200's choice
-    for Qwen3-Next dims at small batches (``measured.py``), a [next_pow2(DK), 64] fp32 state tile over 2
+def default_config(DK: int, DV: int) -> tuple[int, int, int]:
+    """(BV, num_warps, tiles per program) where no measured table has an entry: the H200's choice for
+    Qwen3-Next dims at most batches (``measured.py``), a [next_pow2(DK), 64] fp32 state tile over 2
     warps, scaled to keep the tile's size for other head dims."""
     BK = triton.next_power_of_2(DK)
-    return min(triton.next_power_of_2(DV), max(16, 8192 // BK)), 2, 1, 1
+    return min(triton.next_power_of_2(DV), max(16, 8192 // BK)), 2, 1
 
 
-def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int, int, int, int]:
-    """(BV, num_warps, tiles per program, stages): the value columns of a state tile, the warps, how many
+def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int, int, int]:
+    """(BV, num_warps, tiles per program): the value columns of a state tile, the warps, and how many
     of a key head's tiles (value heads x column blocks) one program takes in turn (all of them: no
-    cross-program handshake for the q/k conv state), and the software pipeline's depth over them (2: the
-    next tile's state streams into shared memory while this one's arithmetic runs). From the table
-    measured on this GPU for N x NV (sequence, value head) pairs (``gdn_fx.tuning``; entries of three
-    fields have one stage); ``GDN_FX_DECODE_CONFIG=BV,num_warps[,tiles[,stages]]`` overrides it (tests,
-    sweeps)."""
+    cross-program handshake for the q/k conv state). From the table measured on this GPU for N x NV
+    (sequence, value head) pairs (``gdn_fx.tuning``); ``GDN_FX_DECODE_CONFIG=BV,num_warps[,tiles]``
+    overrides it (tests, sweeps)."""
     override = os.environ.get("GDN_FX_DECODE_CONFIG")
-    cfg = (tuple(int(c) for c in override.split(",")) if override
-           else tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV)))
-    return tuple(cfg) + (1,) * (4 - len(cfg))  # tiles and stages default to 1
+    if override:
+        v = [int(c) for c in override.split(",")]
+        return v[0], v[1], v[2] if len(v) > 2 else 1
+    return tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV))
 
 
 def launch_geometry(T: int, N: int, NK: int, NV: int, DK: int, DV: int, W: int, S: int, BV: int,
-                    tpp: int, stages: int = 1) -> tuple[tuple[int, int, int], dict]:
+                    tpp: int) -> tuple[tuple[int, int, int], dict]:
     """(grid, the size constexprs) of a launch over T rows of N sequences with config (BV, tiles per program
-    ``tpp``, ``stages``): BV clamped to the head, ``tpp`` to a divisor of a key head's tiles, one stage
-    where a program has one tile or the tiles are ragged (nothing to pipeline). The launcher's, and
+    ``tpp``): BV clamped to the head, ``tpp`` to a divisor of a key head's tiles. The launcher's, and
     ``bench/kernel_resources.py``'s to compile the same kernel."""
     BK = triton.next_power_of_2(DK)
     BV = min(BV, triton.next_power_of_2(DV))
@@ -244,15 +230,14 @@ def launch_geometry(T: int, N: int, NK: int, NV: int, DK: int, DV: int, W: int, 
     const = dict(NK=NK, NV=NV, DK=DK, DV=DV, BK=BK, BV=BV, S=S, W=W, KP=triton.next_power_of_2(max(W - 1, 1)),
                  LP=triton.next_power_of_2(S), BZ=triton.next_power_of_2(triton.cdiv(T, N)),
                  EVEN=BK == DK and DV % BV == 0, TPP=tpp)
-    const["STAGES"] = stages if tpp > 1 and const["EVEN"] else 1
     return (tiles // tpp, NK, N), const
 
 
 def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, query_start_loc,
                        state_indices, num_accepted_tokens, num_k_heads, head_k_dim, scale, allow_neg_eigval, out,
-                       cfg: tuple[int, ...] | None = None):
+                       cfg: tuple[int, int, int] | None = None):
     """x: [T, 2*NK*DK + NV*DV] pre-conv; out: [T, NV, DV] contiguous, every row written. One launch.
-    ``cfg`` = (BV, num_warps, tiles per program[, stages]) overrides ``config`` (the tuner)."""
+    ``cfg`` = (BV, num_warps, tiles per program) overrides ``config`` (the tuner)."""
     T = x.shape[0]
     N = query_start_loc.shape[0] - 1
     NV, DK, DV = ssm_state.shape[1:]
@@ -260,9 +245,8 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
         return out
     if N == 0:
         return out.zero_()
-    BV, num_warps, tpp, stages = (*cfg, 1)[:4] if cfg else config(DK, DV, N, NV, x.device)
-    grid, const = launch_geometry(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1], BV, tpp,
-                                  stages)
+    BV, num_warps, tpp = cfg or config(DK, DV, N, NV, x.device)
+    grid, const = launch_geometry(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1], BV, tpp)
     m = pdl.mode(x.device)
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
