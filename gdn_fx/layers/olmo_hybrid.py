@@ -52,17 +52,13 @@ class OlmoHybridGatedDeltaNet(GatedDeltaNet):
         }
 
     def _convert_projections(self, sd):
-        qkvg = torch.cat([
-            self._key_rows(sd["q_proj.weight"]),
-            self._key_rows(sd["k_proj.weight"]),
-            self._value_rows(sd["v_proj.weight"]),
-            self._value_rows(sd["g_proj.weight"]),
-        ])
-        if self.merge_projections:
-            return {"in_proj.weight": torch.cat([qkvg, self._head_rows(sd["b_proj.weight"]),
-                                                 self._head_rows(sd["a_proj.weight"])])}
+        qkvg = [self._key_rows(sd["q_proj.weight"]), self._key_rows(sd["k_proj.weight"]),
+                self._value_rows(sd["v_proj.weight"]), self._value_rows(sd["g_proj.weight"])]
+        b, a = self._head_rows(sd["b_proj.weight"]), self._head_rows(sd["a_proj.weight"])
+        if self.merge_projections:  # one cat of the six (row-slice views): no intermediate qkvg copy
+            return {"in_proj.weight": torch.cat([*qkvg, b, a])}
         return {
-            "in_proj_qkvg.weight": qkvg,
-            "b_proj.weight": self._head_rows(sd["b_proj.weight"]),
-            "a_proj.weight": self._head_rows(sd["a_proj.weight"]),
+            "in_proj_qkvg.weight": torch.cat(qkvg),
+            "b_proj.weight": b,
+            "a_proj.weight": a,
         }

@@ -56,7 +56,13 @@ class Qwen3NextGatedDeltaNet(GatedDeltaNet):
         # [NK groups, rows per group, hidden] -> each part over all groups, head-major
         q, k, v, z = qkvz.unflatten(0, (self.num_k_heads, -1)).split([dk, dk, r * dv, r * dv], dim=1)
         b, a = ba.unflatten(0, (self.num_k_heads, -1)).split([r, r], dim=1)
-        return {"in_proj.weight": torch.cat([t.flatten(0, 1) for t in (q, k, v, z, b, a)])}
+        # each part's rows copied once into the merged weight (flattening the strided views first would copy
+        # them twice: a temporary as large as the weight, on the GPU that holds the model)
+        parts = (q, k, v, z, b, a)
+        merged = qkvz.new_empty(sum(t.shape[0] * t.shape[1] for t in parts), qkvz.shape[1])
+        for t, rows in zip(parts, merged.split([t.shape[0] * t.shape[1] for t in parts])):
+            rows.view_as(t).copy_(t)
+        return {"in_proj.weight": merged}
 
     def _group_rows(self, w: torch.Tensor) -> torch.Tensor:
         """w: [NK_total * per_group, hidden] -> this rank's contiguous block of key-head groups."""
