@@ -110,9 +110,16 @@ def test_every_candidate_interpreted():
 
 @pytest.mark.gpu
 def test_kernel_cuda():
-    cases = [(M, N, K, cfg, dt) for M, N, K, cfg, _ in ODD for dt in ("bfloat16", "float16")]
-    cases += [(M, N, K, "all", "bfloat16") for M in (1, 2, 7, 16, 33, 64, 100) for N, K in ((12352, 2048), (2048, 4096))]
-    _check("cuda", cases)
+    _check("cuda", [(M, N, K, cfg, dt) for M, N, K, cfg, _ in ODD for dt in ("bfloat16", "float16")])
+
+
+# every candidate of the tuner's space at Qwen3-Next's projection shapes, one case per shape and row
+# block (each compiles its own kernels: separate cases spread over pytest-xdist's workers)
+@pytest.mark.gpu
+@pytest.mark.parametrize("NK", [(12352, 2048), (2048, 4096)], ids=["in_proj", "out_proj"])
+@pytest.mark.parametrize("Ms", [(1,), (2, 7, 16), (33, 64, 100)], ids=["gemv", "block16", "block64"])
+def test_every_candidate_cuda(NK, Ms):
+    _check("cuda", [(M, *NK, "all", "bfloat16") for M in Ms])
 
 
 @pytest.mark.gpu
@@ -269,9 +276,14 @@ def test_norm_gate_linear_interpreted():
 
 @pytest.mark.gpu
 def test_norm_gate_linear_cuda():
-    cases = [c[:8] + (dt,) for c in NGL for dt in ("bfloat16", "float16")]
-    cases += [(M, 32, 128, 128, 2048, "all", True, "silu", "bfloat16") for M in (1, 3, 16, 33, 64)]
-    _check("cuda", cases, NGL_CHECK)
+    _check("cuda", [c[:8] + (dt,) for c in NGL for dt in ("bfloat16", "float16")], NGL_CHECK)
+
+
+# every candidate at out_proj's shape, one case per row block (spread over pytest-xdist's workers)
+@pytest.mark.gpu
+@pytest.mark.parametrize("Ms", [(1,), (3, 16), (33, 64)], ids=["gemv", "block16", "block64"])
+def test_norm_gate_linear_every_candidate_cuda(Ms):
+    _check("cuda", [(M, 32, 128, 128, 2048, "all", True, "silu", "bfloat16") for M in Ms], NGL_CHECK)
 
 
 @pytest.mark.parametrize("w_shape,dtype,words", [
