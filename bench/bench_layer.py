@@ -15,6 +15,8 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
   gdn_fx_pdl_early  gdn_fx with GDN_FX_PDL=early (each kernel releases the next right after its wait)
   gdn_fx_prefetch_off, gdn_fx_prefetch_all  gdn_fx with GDN_FX_L2_PREFETCH=0 / all: the skinny GEMM asks
                  L2 for none / all of its weight share before its PDL wait (default: its first K step)
+  gdn_fx_tuning  gdn_fx with the tuning file given by --tuning (GDN_FX_TUNING while it runs and is captured):
+                 a candidate table against the shipped one (gdn_fx) in the same run
   gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
                  qkvz and ba GEMMs, interleaved groups, so the unpack pass has glue to fuse)
 All but the *_2gemm ones run the default layer: one merged input GEMM (rows [q, k, v, z, b, a]).
@@ -47,7 +49,8 @@ from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
 VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm",
-            "gdn_fx_nopdl", "gdn_fx_pdl_early", "gdn_fx_prefetch_off", "gdn_fx_prefetch_all", "stock_compile_nopdl")
+            "gdn_fx_nopdl", "gdn_fx_pdl_early", "gdn_fx_prefetch_off", "gdn_fx_prefetch_all", "stock_compile_nopdl",
+            "gdn_fx_tuning")
 
 HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
@@ -87,7 +90,10 @@ def main():
     ap.add_argument("--variants", default="eager,stock_compile,gdn_fx,gdn_fx_2gemm",
                     help=f"comma-separated, of {','.join(VARIANTS)} (default: %(default)s)")
     ap.add_argument("--prefill", default="x".join(map(str, PREFILL)), help="B x L of the prefill case (default: %(default)s)")
+    ap.add_argument("--tuning", help="a tuning file (python -m gdn_fx tune --out) for the gdn_fx_tuning variant")
     args = ap.parse_args()
+    if "gdn_fx_tuning" in args.variants.split(",") and not args.tuning:
+        ap.error("the gdn_fx_tuning variant needs --tuning FILE")
     prefill = tuple(int(v) for v in args.prefill.split("x"))
     bw = copy_bandwidth()
     torch.manual_seed(0)
@@ -111,6 +117,7 @@ def main():
         "gdn_fx_prefetch_off": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_L2_PREFETCH="0"),
         "gdn_fx_prefetch_all": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_L2_PREFETCH="all"),
         "stock_compile_nopdl": lambda: with_env(layer.compile_serving(backend="inductor"), GDN_FX_PDL="0"),
+        "gdn_fx_tuning": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_TUNING=args.tuning),
     }
     fns = {name: makers[name]() for name in args.variants.split(",")}
     rows = []
@@ -162,7 +169,7 @@ def main():
             print(f"{kind:7s} B={B:4d} L={L:5d} {name:19s} kernels={len(stats):3d} (gemm {len(gemms)}, other "
                   f"{len(others)}) {t * 1e6:9.1f} us  {t / floor:5.2f}x floor ({floor * 1e6:.1f} us); GPU: gemm "
                   f"{gemm_us:.1f} us, other {other_us:.1f} us; host {host * 1e6:.0f} us a call", flush=True)
-    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows,
+    payload = {**device_info(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows, "tuning": args.tuning,
                "note": "eager, stock_compile, gdn_fx: one merged input GEMM; *_2gemm: the checkpoint's two"}
     print("wrote", save(args.out, "layer.json", payload))
 
