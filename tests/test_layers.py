@@ -9,6 +9,7 @@ from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5Config, Qwe
 
 from gdn_fx import Request, build_metadata
 from gdn_fx.layers import LAYERS, GatedDeltaNet, OlmoHybridGatedDeltaNet, RMSNormGated, get_layer
+from tests.allocations import NewStorageBytes
 
 HIDDEN = 48  # conftest's hidden size
 
@@ -191,6 +192,25 @@ def test_unmerged_projections_match_hf(variant, from_config, hf_config, hf_layer
     torch.testing.assert_close(layer(x), hf_layer(x), **TOL)
     ranks = [load(tp_size=2, tp_rank=r) for r in range(2)]
     torch.testing.assert_close(ranks[0](x) + ranks[1](x), hf_layer(x), **TOL)
+
+
+@one_ratio
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
+@pytest.mark.parametrize("tp", [(1, 0), (2, 1)], ids=["tp1", "tp2_rank1"])
+def test_conversion_writes_each_tensor_once(variant, from_config, hf_config, hf_layer, merge, tp):
+    """convert_hf_state_dict copies a tensor only where it fuses or gathers rows, and then once: the
+    storages it creates add up to its outputs that are no views of the checkpoint's tensors (no temporary
+    copy of a projection, which would double a large model's peak while it loads on the GPU)."""
+    if variant == "qwen3_5_split" and merge:
+        pytest.skip("split_projections keeps the checkpoint's four projections (test_split_and_merged_projections_conflict)")
+    layer = from_config(hf_config, merge_projections=merge, tp_size=tp[0], tp_rank=tp[1], device="meta")
+    sd = hf_layer.state_dict()
+    given = {t.untyped_storage().data_ptr() for t in sd.values()}
+    with NewStorageBytes() as new:
+        out = layer.convert_hf_state_dict(sd)
+    fresh = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in out.values()
+             if t.untyped_storage().data_ptr() not in given}
+    assert new.nbytes == sum(fresh.values()), (new.nbytes, sum(fresh.values()))
 
 
 def test_split_and_merged_projections_conflict():

@@ -16,6 +16,7 @@ import torch
 from gdn_fx.integrations.transformers import (
     TransformersGatedDeltaNet, gdn_modules, patch_model, small_config, small_model,
 )
+from tests.allocations import NewStorageBytes
 
 FAMILIES = ("qwen3_next", "qwen3_5", "olmo_hybrid")
 NEW_TOKENS = 32
@@ -185,31 +186,13 @@ def test_weights_moved_not_copied(family):
             assert p.untyped_storage().nbytes() == p.numel() * p.element_size(), name
 
 
-class _NewStorageBytes(torch.utils._python_dispatch.TorchDispatchMode):
-    """Sums the bytes of every storage an op creates (outputs that alias none of its inputs), off meta."""
-
-    def __init__(self):
-        super().__init__()
-        self.nbytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        flat = torch.utils._pytree.tree_leaves((args, kwargs))
-        seen = {t.untyped_storage().data_ptr() for t in flat if isinstance(t, torch.Tensor) and not t.is_meta}
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and not t.is_meta and t.untyped_storage().data_ptr() not in seen:
-                self.nbytes += t.untyped_storage().nbytes()
-                seen.add(t.untyped_storage().data_ptr())
-        return out
-
-
 def test_patch_allocates_only_the_fused_tensors(family):
     """Merging a layer's projections writes each fused tensor once, with no temporary copy of its parts
     (which would double the peak on a GPU that holds a large model: test_patch_peak_memory_on_gpu)."""
     model = small_model(family, initializer_range=INIT)
     names = [n for n, _ in gdn_modules(model)]
     hf_ptrs = {p.data_ptr() for p in model.parameters()}
-    with _NewStorageBytes() as new:
+    with NewStorageBytes() as new:
         patch_model(model)
     fused = sum(p.untyped_storage().nbytes() for n in names for p in model.get_submodule(n).parameters()
                 if p.data_ptr() not in hf_ptrs)

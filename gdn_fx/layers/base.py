@@ -342,11 +342,17 @@ class GatedDeltaNet(nn.Module):
 
     def _qkv_rows(self, t: torch.Tensor) -> torch.Tensor:
         """t: [conv_dim_total, ...] laid out [q, k, v] -> this rank's [conv_dim, ...], same layout."""
+        parts = self._qkv_parts(t)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # one part: the whole tensor, no copy
+
+    def _qkv_parts(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """t: [conv_dim_total, ...] laid out [q, k, v] -> views of this rank's rows: [t] at tp_size 1, else
+        its q, k and v rows (for a caller that concatenates them with more, in one copy)."""
         if self.tp_size == 1:
-            return t  # the whole tensor: no copy
+            return [t]
         kd, vd = self.key_dim * self.tp_size, self.value_dim * self.tp_size
         q, k, v = torch.split(t, [kd, kd, vd])
-        return torch.cat([self._key_rows(q), self._key_rows(k), self._value_rows(v)])
+        return [self._key_rows(q), self._key_rows(k), self._value_rows(v)]
 
     def shard_state(self, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pools of the whole layer (tp_size=1 layout) -> new pools holding this rank's heads, e.g. to hand

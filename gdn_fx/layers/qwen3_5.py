@@ -60,12 +60,13 @@ class Qwen3_5GatedDeltaNet(GatedDeltaNet):
         }
 
     def _convert_projections(self, sd):
-        qkv = self._qkv_rows(sd["in_proj_qkv.weight"])
+        qkv = self._qkv_parts(sd["in_proj_qkv.weight"])  # row views: each fused weight is written in one cat
         z = self._value_rows(sd["in_proj_z.weight"])
         b = self._head_rows(sd["in_proj_b.weight"])
         a = self._head_rows(sd["in_proj_a.weight"])
         if self.merge_projections:
-            return {"in_proj.weight": torch.cat([qkv, z, b, a])}
+            return {"in_proj.weight": torch.cat([*qkv, z, b, a])}
         if self.split_projections:
-            return {"in_proj_qkv.weight": qkv, "in_proj_z.weight": z, "in_proj_b.weight": b, "in_proj_a.weight": a}
-        return {"in_proj_qkvz.weight": torch.cat([qkv, z]), "in_proj_ba.weight": torch.cat([b, a])}
+            return {"in_proj_qkv.weight": self._qkv_rows(sd["in_proj_qkv.weight"]), "in_proj_z.weight": z,
+                    "in_proj_b.weight": b, "in_proj_a.weight": a}
+        return {"in_proj_qkvz.weight": torch.cat([*qkv, z]), "in_proj_ba.weight": torch.cat([b, a])}
