@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gdn_fx.integrations.transformers import (
-    TransformersGatedDeltaNet, gdn_modules, patch_model, small_config, small_model,
+    gdn_modules, patch_model, small_config, small_model,
 )
 from tests.allocations import NewStorageBytes
 
