@@ -1,0 +1,16 @@
+"""The diagnostic bench scripts run end to end on the CPU at tiny sizes (their GPU numbers are measured on the
+device; this keeps them from rotting between device sessions)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_host_profile_runs():
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_host_profile.py"), "--device", "cpu", "--small",
+                          "--B", "2", "--calls", "3", "--top", "5", "--variants", "eager,gdn_fx"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "== eager:" in res.stdout and "== gdn_fx:" in res.stdout and "us of host a call" in res.stdout
