@@ -1,7 +1,7 @@
 """Where a compiled layer call spends its host time: cProfile over back-to-back calls of a Qwen3-Next layer's
 step (outside a CUDA graph, as a prefill or an engine without graphs runs it), per variant, the functions with
-the most own time per call. Host time is what the CPU pays to issue the work; on the GPU it is measured without
-waiting for the device (bench_layer.py's "host" column is the same quantity, timed without the profiler).
+the most own time. Host time is what the CPU pays to issue the work, timed as bench_layer.py's "host" column
+(bench.common.host_time); the profiler only runs during the calls, each after the device has caught up.
 
     python bench/bench_host_profile.py [--device cuda] [--variants stock_compile,gdn_fx] [--B 8] [--L 1] [--top 20]
 """
@@ -11,13 +11,13 @@ import cProfile
 import io
 import pstats
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import host_time  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402
 from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
@@ -50,20 +50,15 @@ def main():
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     for name in args.variants.split(","):
         fn = makers[name]()
+        step = lambda: fn(h, conv_state, ssm_state, meta)  # noqa: E731
         with torch.no_grad():
-            for _ in range(10):
-                fn(h, conv_state, ssm_state, meta)
-            sync()
-            t = time.perf_counter()
-            for _ in range(args.calls):  # the host issues; a deep launch queue keeps it from waiting
-                fn(h, conv_state, ssm_state, meta)
-            host = (time.perf_counter() - t) / args.calls
-            sync()
+            host = host_time(step, inner=3, warmup=10)  # as bench_layer.py's host column
             prof = cProfile.Profile()
-            prof.enable()
-            for _ in range(args.calls):
-                fn(h, conv_state, ssm_state, meta)
-            prof.disable()
+            for _ in range(args.calls):  # a sync between calls: no call waits on a full launch queue
+                sync()
+                prof.enable()
+                step()
+                prof.disable()
             sync()
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)

@@ -52,17 +52,19 @@ def event_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
 def host_time(fn, reps: int = 10, inner: int = 5, warmup: int = 3) -> float:
     """Seconds of host time per call of ``fn``: the median over ``reps`` of ``inner`` back-to-back calls
     timed on the host clock without waiting for the device (what it costs the CPU to issue the work;
-    ``inner`` stays far below the launch queue's depth so no call waits for the GPU)."""
+    ``inner`` stays far below the launch queue's depth so no call waits for the GPU). On a machine without
+    CUDA, plain host timing (the CPU smoke tests of the scripts)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         for _ in range(inner):
             fn()
         times.append((time.perf_counter() - t) / inner)
-    torch.cuda.synchronize()
+    sync()
     return statistics.median(times)
 
 

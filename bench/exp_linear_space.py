@@ -7,7 +7,6 @@ then time in this one. Prints the best ten per size and writes exp_linear_space.
 """
 import argparse
 import itertools
-import json
 import multiprocessing as mp
 import sys
 from pathlib import Path
@@ -18,7 +17,10 @@ DIMS = ((12352, 2048), (2048, 4096))
 
 
 def space(M: int, N: int, K: int) -> list[tuple]:
-    bm = min(64, max(16, 1 << (M - 1).bit_length()))
+    """The tuner's rows block (M > 1), every tile, warps, stages and split below, within shared memory."""
+    from gdn_fx.tuning.sweep import gemm_block_m
+
+    bm = gemm_block_m(M)
     out = []
     for n, k, w, s, sp in itertools.product((16, 32, 64), (128, 256, 512), (2, 4, 8), (3, 4, 6), (1, 2, 4, 8)):
         if n * k <= 16384 and K // sp >= k and (bm + n) * k * 2 * s <= 200 << 10:
@@ -53,8 +55,7 @@ def main():
     chunks = [(M, N, K, cfgs[i::16]) for M, N, K, cfgs in jobs for i in range(16)]
     with mp.get_context("spawn").Pool(16) as pool:
         bad = {tuple(c) for r in pool.map(_compile, chunks) for c, _ in r}
-    import torch
-
+    from bench.common import device_info, save
     from gdn_fx.tuning import sweep
     from gdn_fx.tuning.timing import graph_time
     rows = []
@@ -70,9 +71,7 @@ def main():
         for t, cfg in timed[:10]:
             print(f"   {t:7.2f} us {cfg}")
         print(f"   cuBLAS {[t for t, c in timed if c[1] == 0][0]:.2f} us")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "exp_linear_space.json").write_text(json.dumps(
-        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, indent=0))
+    print("wrote", save(args.out, "exp_linear_space.json", {**device_info(), "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ SIZES = {
 ROTATE_BYTES = 256 << 20  # the linear sweep cycles through weight copies this large in all (4x+ an L2)
 
 
+def gemm_block_m(M: int) -> int:
+    """The skinny GEMM's row block for M > 1 rows: a tl.dot tile of 16 to 64 rows covering M."""
+    return min(64, max(16, 1 << (M - 1).bit_length()))
+
+
 def candidates(kernel: str, dims: tuple) -> list[tuple]:
     """The search space of ``kernel`` for ``dims`` (every entry is exercised by the kernel's tests)."""
     if kernel == "core_decode":
@@ -45,8 +50,7 @@ def candidates(kernel: str, dims: tuple) -> list[tuple]:
         if M == 1:  # no tl.dot: its loads are not pipelined, stages do nothing
             tiles = [(1, n, k, w, 1) for n, k, w in itertools.product((4, 8, 16, 32), (256, 512, 1024), (4, 8))]
         else:
-            bm = min(64, max(16, 1 << (M - 1).bit_length()))
-            tiles = [(bm, n, k, 4, 3) for n, k in itertools.product((16, 32, 64), (128, 256, 512))]
+            tiles = [(gemm_block_m(M), n, k, 4, 3) for n, k in itertools.product((16, 32, 64), (128, 256, 512))]
         return [ATEN] + [(*t, s) for t, s in itertools.product(tiles, (1, 2, 4))
                          if t[1] * t[2] <= 16384 and K // s >= t[2] and (t[0] + t[1]) * t[2] * 2 * t[4] <= 160 << 10]
     if kernel == "norm_gate_linear":  # dims (N, K, group size, M): linear's tiles whose K steps hold whole
