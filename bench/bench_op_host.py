@@ -9,6 +9,7 @@ or on cuda (the Triton/ATen kernel behind the GPU's table).
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,59 @@ def main():
         op = per_call_us(lambda: torch.ops.gdn_fx.linear.default(x, w))
     print(f"torch {torch.__version__}, {args.device}: torch.mm {mm:.1f} us a call, gdn_fx::linear {op:.1f} us "
           f"({op - mm:.1f} us more)")
+    if args.device == "cuda":
+        layers(args.device)
+
+
+def layers(device: str):
+    """On cuda, where one call of the Triton skinny GEMM (out_proj's shape, 8 rows: the GPU's table picks it)
+    spends its host time, outermost first: the op through the dispatcher, its launcher called directly, and
+    Triton's own launch of the compiled kernel with the launcher's arguments."""
+    from gdn_fx.ops import pdl, scratch
+    from gdn_fx.ops.linear import triton_kernel as lk
+
+    x = torch.randn(8, 4096, device=device, dtype=torch.bfloat16)
+    w = torch.randn(2048, 4096, device=device, dtype=torch.bfloat16)
+    cfg = lk.config(8, 2048, 4096, x.device)
+    grid, const = lk.launch_geometry(8, 2048, 4096, cfg)
+    y = torch.empty(8, 2048, device=device, dtype=torch.bfloat16)
+    part = torch.empty(const["SPLIT"], 8, 2048, device=device, dtype=torch.float32)
+    counters = scratch.counters(x.device, grid[0] * grid[2])
+    m = pdl.mode(x.device)
+    norm = dict(NORM=False, GS=1, DX=1, DZ=1, DW=1, NORM_BEFORE_GATE=False, SIGMOID=False)
+
+    def raw():
+        lk._skinny_gemm_kernel[grid](x, w, y, part, counters, 8, 2048, 4096, x.stride(0), 1, w.stride(0), y.stride(0),
+                                     y, y, 0.0, 0, 0, 0, 0, **const, num_warps=cfg[3], num_stages=cfg[4], **norm,
+                                     PDL=m, PREFETCH=1 if m else 0, LINE=64, **pdl.options(m))
+
+    with torch.no_grad():
+        times = {"gdn_fx::linear (dispatcher)": per_call_us(lambda: torch.ops.gdn_fx.linear.default(x, w), 5000),
+                 "linear_triton (launcher)": per_call_us(lambda: lk.linear_triton(x, w), 5000),
+                 "kernel[grid](...) (Triton)": per_call_us(raw, 5000),
+                 "torch.mm (cuBLAS)": per_call_us(lambda: torch.mm(x, w.t()), 5000)}
+        dev = x.device
+        env = os.environ.get("GDN_FX_L2_PREFETCH", "first")
+        parts = {"config (table lookup)": lambda: lk.config(8, 2048, 4096, dev),
+                 "launch plan (cached)": lambda: lk._plan(8, 2048, 4096, cfg, None, m, env, 2),
+                 "torch.empty y": lambda: torch.empty(8, 2048, dtype=w.dtype, device=dev),
+                 "torch.empty partials": lambda: torch.empty(4, 8, 2048, dtype=torch.float32, device=dev),
+                 "scratch.counters": lambda: scratch.counters(dev, 64),
+                 "pdl.mode": lambda: pdl.mode(dev)}
+        times |= {f"  part: {k}": per_call_us(f, 5000) for k, f in parts.items()}
+    print(f"skinny GEMM 2048x4096, M=8, config {cfg}: host us a call")
+    for k, v in times.items():
+        print(f"  {k}: {v:.1f}")
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    with torch.no_grad():
+        prof.enable()
+        for _ in range(2000):
+            lk.linear_triton(x, w)
+        prof.disable()
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ GPU it runs on (``gdn_fx.tuning``, kernel "linear", dims (N, K), size M); ATEN (
 device or shape without a table entry, means ATen.
 """
 
+import functools
 import math
 import os
 
@@ -128,12 +129,12 @@ def prefetch_l2(w, o_n, m_n, swn, k0, K, STEPS: tl.constexpr, BLOCK_K: tl.conste
         tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [p], dtype=tl.int32, is_pure=False, pack=1)
 
 
-def prefetch_steps(steps: int) -> int:
-    """How many of its ``steps`` K steps a program asks L2 for before its PDL wait: ``GDN_FX_L2_PREFETCH`` =
-    first (the default), all, or 0. On the H200 the first step saved 1.0 us of the B = 1 layer step and
-    nothing from B = 8; all of them cost 4.6-9.4 us from B = 1 to 32 (not profiled: likely the requests
+def prefetch_steps(steps: int, env: str | None = None) -> int:
+    """How many of its ``steps`` K steps a program asks L2 for before its PDL wait: ``GDN_FX_L2_PREFETCH`` (or
+    ``env``) = first (the default), all, or 0. On the H200 the first step saved 1.0 us of the B = 1 layer step
+    and nothing from B = 8; all of them cost 4.6-9.4 us from B = 1 to 32 (not profiled: likely the requests
     queue ahead of the loads that need them first)."""
-    env = os.environ.get("GDN_FX_L2_PREFETCH", "first")
+    env = os.environ.get("GDN_FX_L2_PREFETCH", "first") if env is None else env
     if env not in ("0", "first", "all"):
         raise ValueError(f"GDN_FX_L2_PREFETCH={env!r}: expected 0, first or all")
     return {"0": 0, "first": 1, "all": steps}[env]
@@ -156,29 +157,38 @@ def launch_geometry(M: int, N: int, K: int, cfg: tuple) -> tuple[tuple[int, int,
     return (triton.cdiv(N, block_n), split, triton.cdiv(M, block_m)), const
 
 
+@functools.lru_cache(maxsize=4096)
+def _plan(M: int, N: int, K: int, cfg: tuple, norm: tuple | None, m: int, prefetch: str, elem: int):
+    """(grid, split, the launch's keyword arguments) of a launch: built once per size and setting, so a call
+    pays one cached lookup (a decode step calls this kernel twice a layer; bench/bench_op_host.py)."""
+    grid, const = launch_geometry(M, N, K, cfg)
+    if norm is None:
+        norm_args = dict(NORM=False, GS=1, DX=1, DZ=1, DW=1, NORM_BEFORE_GATE=False, SIGMOID=False)
+    else:
+        gs, dx, dz, dw, nbg, act = norm
+        norm_args = dict(NORM=True, GS=gs, DX=dx, DZ=dz, DW=dw, NORM_BEFORE_GATE=nbg, SIGMOID=act == "sigmoid")
+    kwargs = dict(**const, num_warps=cfg[3], num_stages=cfg[4], **norm_args, PDL=m,
+                  PREFETCH=prefetch_steps(const["STEPS"], prefetch) if m else 0, LINE=128 // elem, **pdl.options(m))
+    return grid, const["SPLIT"], kwargs
+
+
 def _launch(x, weight, cfg, M, K, norm=None):
     """y = (x, or the norm-gate of ``norm``'s tensors) @ weight.T with config ``cfg``."""
     N = weight.shape[0]
-    warps, stages = cfg[3], cfg[4]
     y = torch.empty(M, N, dtype=weight.dtype, device=weight.device)
-    grid, const = launch_geometry(M, N, K, cfg)
-    split = const["SPLIT"]
-    part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
-    counters = scratch.counters(x.device, grid[0] * grid[2]) if split > 1 else y
     if norm is None:
-        sx, sz, nw, eps = (x.stride(0), 0, x.stride(1)), (0, 0, 0), y, 0.0
-        norm_args = dict(NORM=False, GS=1, DX=1, DZ=1, DW=1, NORM_BEFORE_GATE=False, SIGMOID=False)
+        sx, sz, z, nw, eps, norm_key = (x.stride(0), 0, x.stride(1)), (0, 0, 0), y, y, 0.0, None
     else:
         z, nw, eps, gs, nbg, act = norm
         (sx, DX), (sz, DZ) = layout(x), layout(z)
-        norm_args = dict(NORM=True, GS=gs, DX=DX, DZ=DZ, DW=nw.numel(), NORM_BEFORE_GATE=nbg, SIGMOID=act == "sigmoid")
+        norm_key = (gs, DX, DZ, nw.numel(), nbg, act)
     m = pdl.mode(x.device)
-    _skinny_gemm_kernel[grid](
-        x, weight, y, part, counters, M, N, K, sx[0], sx[2], weight.stride(0), y.stride(0),
-        norm[0] if norm is not None else y, nw, eps, sx[1], *sz,
-        **const, num_warps=warps, num_stages=stages, **norm_args, PDL=m,
-        PREFETCH=prefetch_steps(const["STEPS"]) if m else 0, LINE=128 // weight.element_size(), **pdl.options(m),
-    )
+    grid, split, kwargs = _plan(M, N, K, tuple(cfg), norm_key, m, os.environ.get("GDN_FX_L2_PREFETCH", "first"),
+                                weight.element_size())
+    part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
+    counters = scratch.counters(x.device, grid[0] * grid[2]) if split > 1 else y
+    _skinny_gemm_kernel[grid](x, weight, y, part, counters, M, N, K, sx[0], sx[2], weight.stride(0), y.stride(0),
+                              z, nw, eps, sx[1], *sz, **kwargs)
     return y
 
 
