@@ -15,6 +15,9 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
   gdn_fx_pdl_early  gdn_fx with GDN_FX_PDL=early (each kernel releases the next right after its wait)
   gdn_fx_prefetch_off, gdn_fx_prefetch_all  gdn_fx with GDN_FX_L2_PREFETCH=0 / all: the skinny GEMM asks
                  L2 for none / all of its weight share before its PDL wait (default: its first K step)
+  gdn_fx_state_prefetch_{off,on}, stock_compile_state_prefetch_{off,on}  the same with
+                 GDN_FX_STATE_PREFETCH=0 / 1: whether the core decode asks L2 for its first state tile before
+                 its PDL wait (default: from 8192 sequences x value heads; decode_kernel.state_prefetch)
   gdn_fx_tuning  gdn_fx with the tuning file given by --tuning (GDN_FX_TUNING while it runs and is captured):
                  a candidate table against the shipped one (gdn_fx) in the same run
   gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
@@ -50,7 +53,8 @@ from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
 VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm",
             "gdn_fx_nopdl", "gdn_fx_pdl_early", "gdn_fx_prefetch_off", "gdn_fx_prefetch_all", "stock_compile_nopdl",
-            "gdn_fx_tuning")
+            "gdn_fx_tuning", "gdn_fx_state_prefetch_off", "stock_compile_state_prefetch_off",
+            "gdn_fx_state_prefetch_on", "stock_compile_state_prefetch_on")
 
 HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
@@ -90,6 +94,8 @@ def main():
     ap.add_argument("--variants", default="eager,stock_compile,gdn_fx,gdn_fx_2gemm",
                     help=f"comma-separated, of {','.join(VARIANTS)} (default: %(default)s)")
     ap.add_argument("--prefill", default="x".join(map(str, PREFILL)), help="B x L of the prefill case (default: %(default)s)")
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)),
+                    help="sequences of the decode steps (default: %(default)s)")
     ap.add_argument("--tuning", help="a tuning file (python -m gdn_fx tune --out) for the gdn_fx_tuning variant")
     args = ap.parse_args()
     if "gdn_fx_tuning" in args.variants.split(",") and not args.tuning:
@@ -117,16 +123,20 @@ def main():
         "gdn_fx_prefetch_off": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_L2_PREFETCH="0"),
         "gdn_fx_prefetch_all": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_L2_PREFETCH="all"),
         "stock_compile_nopdl": lambda: with_env(layer.compile_serving(backend="inductor"), GDN_FX_PDL="0"),
+        **{f"{v}_state_prefetch_{k}": (lambda v=v, e=e: with_env(
+            layer.compile_serving(backend="gdn_fx" if v == "gdn_fx" else "inductor"), GDN_FX_STATE_PREFETCH=e))
+           for v in ("gdn_fx", "stock_compile") for k, e in (("off", "0"), ("on", "1"))},
         "gdn_fx_tuning": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_TUNING=args.tuning),
     }
     fns = {name: makers[name]() for name in args.variants.split(",")}
     rows = []
-    max_slots = 2 * max(max(BATCHES), prefill[0])
+    batches = [int(b) for b in args.batches.split(",")]
+    max_slots = 2 * max(max(batches), prefill[0])
     conv_state, ssm_state = layer.allocate_state(max_slots)
     conv_state.normal_()
     ssm_state.normal_(0, 0.1)
     kinds = args.cases.split(",")
-    cases = ([("decode", B, 1) for B in BATCHES] if "decode" in kinds else []) + (
+    cases = ([("decode", B, 1) for B in batches] if "decode" in kinds else []) + (
         [("prefill", *prefill)] if "prefill" in kinds else [])
     for kind, B, L in cases:
         slots = torch.randperm(max_slots, generator=torch.Generator().manual_seed(B))[:B].tolist()

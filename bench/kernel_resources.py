@@ -31,7 +31,7 @@ NK, NV, DK, DV, W = 16, 32, 128, 128, 4
 # Triton types of the kernels' non-constexpr arguments (tests/test_pdl.py compiles the same kernels)
 CORE_SIGNATURE = {n: "*bf16" for n in ("x", "conv_w", "conv_b", "conv_state", "a", "b", "out")} | {
     n: "*fp32" for n in ("A_log", "dt_bias", "state")} | {n: "*i32" for n in ("qsl", "idx", "acc", "counters")} | {
-    n: "i32" for n in dk._core_decode_kernel.arg_names if n.startswith("stride") or n in ("T", "N")} | {"scale": "fp32"}
+    n: "i32" for n in dk._core_decode_kernel.arg_names if n.startswith("stride") or n in ("T", "N", "num_slots")} | {"scale": "fp32"}
 GEMM_SIGNATURE = {n: "*bf16" for n in ("x", "w", "y", "z", "nw")} | {"part": "*fp32", "counters": "*i32", "eps": "fp32"} | {
     n: "i32" for n in ("M", "N", "K", "sxm", "sxk", "swn", "sym", "sx1", "sz0", "sz1", "sz2")}
 
@@ -58,7 +58,7 @@ def core_decode(BV: int, warps: int, tpp: int):
     _, const = dk.launch_geometry(1, 1, NK, NV, DK, DV, W, 1, BV, tpp)
     ones = dict(stride_cl=1, stride_ah=1, stride_bh=1, stride_idx=1)
     sig, aligned = _specialized(CORE_SIGNATURE, ones, {"stride_x", "stride_a", "stride_b", "stride_cs"})
-    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE)
+    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=True, LINE=32)
     return (compile_sm90(dk._core_decode_kernel, sig, const, aligned, warps),
             f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}")
 

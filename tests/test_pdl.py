@@ -12,7 +12,7 @@ from gdn_fx.ops import pdl
 from gdn_fx.tuning.timing import capture
 from tests.ptx import ptx_sm90
 
-MEMORY = re.compile(r"\b(?:ld\.global|st\.global|atom\.|red\.|cp\.async)")
+MEMORY = re.compile(r"\b(?:ld\.(?:volatile\.)?global|st\.global|atom\.|red\.|cp\.async)")
 
 
 def _kernels():
@@ -36,7 +36,7 @@ def _kernels():
               NORM_BEFORE_GATE=False, SIGMOID=False, STEPS=4, PREFETCH=1, LINE=64), 4),
         ("core decode", dk._core_decode_kernel, core,
          dict(NK=2, NV=4, DK=128, DV=128, BK=128, BV=64, S=1, W=4, KP=4, LP=1, HAS_BIAS=False, NEG=False, BZ=1,
-              EVEN=True, TPP=2), 2),
+              EVEN=True, TPP=2, PREFETCH=True, LINE=32), 2),
         ("norm-gate", nk._norm_gate_kernel, norm,
          dict(G=32, GS=128, DX=128, DZ=128, DW=128, NORM_BEFORE_GATE=False, SIGMOID=False, BLOCK_R=4, BLOCK_D=128,
               IDX64=False), 4),
@@ -54,10 +54,16 @@ def test_kernel_waits_before_any_memory_access(case, mode):
     release = ptx.find("griddepcontrol.launch_dependents")
     first = MEMORY.search(ptx)
     assert wait >= 0 and release > wait, "PDL: no wait, or the release before it"
+    if const.get("TPP"):  # the core decode reads one slot index before the wait, for its state's L2 prefetch
+        before = MEMORY.findall(ptx[:wait])
+        assert before == ["ld.volatile.global"], f"memory accesses before the wait: {before}"
+        first = MEMORY.search(ptx, wait)
+        off = ptx_sm90(kernel, sig, const | {"PDL": mode, "PREFETCH": False}, set(), warps)
+        assert MEMORY.search(off).start() > off.find("griddepcontrol.wait"), "without the prefetch: no access before"
     assert first is not None and first.start() > wait, f"memory access before the wait: {first.group()}"
     if mode == pdl.LATE:  # the release comes after the kernel's first loads
         assert first.start() < release
-    if "PREFETCH" in const:  # the skinny GEMM's L2 requests for its weight come before the wait
+    if "PREFETCH" in const:  # the L2 requests (weight, state tile) come before the wait
         assert 0 <= ptx.find("prefetch.global.L2") < wait
     off = ptx_sm90(kernel, sig, const | {"PDL": 0}, set(), warps)
     assert "griddepcontrol" not in off
@@ -85,6 +91,27 @@ def test_prefetch_steps(monkeypatch):
         prefetch_steps(8)
 
 
+def test_state_prefetch(monkeypatch):
+    from gdn_fx.ops.core.decode_kernel import PREFETCH_FROM, state_prefetch
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("GDN_FX_STATE_PREFETCH", raising=False)
+    if not torch.version.hip:
+        assert state_prefetch(pdl.LATE, cuda, PREFETCH_FROM) and not state_prefetch(pdl.LATE, cuda, PREFETCH_FROM - 1)
+        for env, want in (("1", True), ("0", False)):
+            monkeypatch.setenv("GDN_FX_STATE_PREFETCH", env)
+            assert state_prefetch(pdl.LATE, cuda, 1) is want
+    monkeypatch.setenv("GDN_FX_STATE_PREFETCH", "1")
+    assert not state_prefetch(0, cuda, PREFETCH_FROM)  # the request runs ahead of a PDL wait, or not at all
+    assert not state_prefetch(pdl.LATE, cpu, PREFETCH_FROM)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not state_prefetch(pdl.LATE, cuda, PREFETCH_FROM)  # no inline PTX in the interpreter
+    monkeypatch.setenv("GDN_FX_STATE_PREFETCH", "yes")
+    with pytest.raises(ValueError, match="GDN_FX_STATE_PREFETCH='yes'"):
+        state_prefetch(0, cpu, 1)
+
+
 @pytest.mark.gpu
 def test_mode_on_hopper():
     if not torch.cuda.is_available():
@@ -98,7 +125,8 @@ def test_mode_on_hopper():
 def test_decode_step_same_bits_with_and_without_pdl(B, monkeypatch):
     """A Qwen3-Next-size layer (its projections take the skinny GEMM, split-K at out_proj), compiled by
     gdn_fx and captured in a CUDA graph twice, with PDL (early and late release) and without: every replay gives the
-    same output and pools to the bit (the kernels are deterministic; only the launches differ)."""
+    same output and pools to the bit (the kernels are deterministic; only the launches differ). The core decode's
+    state prefetch (on by default only for large batches) is on, so its early read of the slot index runs too."""
     from gdn_fx import Request, build_metadata
     from gdn_fx.demo import random_hf_state_dict
     from gdn_fx.layers import Qwen3NextGatedDeltaNet
@@ -118,6 +146,7 @@ def test_decode_step_same_bits_with_and_without_pdl(B, monkeypatch):
     meta = build_metadata([Request(1, s, num_computed_tokens=5) for s in range(0, slots, 2)], num_slots=slots,
                           device="cuda")
     h = torch.randn(B, 2048, device="cuda", dtype=torch.bfloat16)
+    monkeypatch.setenv("GDN_FX_STATE_PREFETCH", "1")
     runs = {}
     for flag in ("early", "late", "0"):
         monkeypatch.setenv("GDN_FX_PDL", flag)

@@ -23,6 +23,7 @@ speculative columns (one slot column) the state's slot is known without reading
 
 Semantics are those of ``causal_conv1d_decode`` followed by ``fused_recurrent_decode``."""
 
+import functools
 import math
 import os
 
@@ -70,22 +71,42 @@ def _shift_state(base_s, base_x, c0, n, o, L, stride_sd, stride_sl, stride_x, W:
     tl.store(p_s + (i + W - 2)[:, None] * stride_sl, xin, mask=m_x)
 
 
+@triton.jit
+def _prefetch_tile(state, slot, i_hv, v0, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, LINE: tl.constexpr):
+    """Asks L2 for the [DK, BV] state tile of slot ``slot`` (clamped to 0 from below) at value head i_hv, columns
+    v0.., a LINE of elements (128 bytes) a request, and returns at once: nothing reaches registers."""
+    COLS: tl.constexpr = BV // LINE if BV > LINE else 1
+    r = tl.arange(0, BK)
+    c = v0 + tl.arange(0, COLS) * LINE
+    ok = (r < DK)[:, None] & (c < DV)[None, :]
+    base = state + tl.maximum(slot, 0).to(tl.int64) * (NV * DK * DV) + i_hv * (DK * DV)
+    p = base + tl.where(ok, r[:, None] * DV + c[None, :], 0)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [p], dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit(do_not_specialize=["T", "N"])
 def _core_decode_kernel(
     x, conv_w, conv_b, conv_state, a, b, A_log, dt_bias, state, qsl, idx, acc, out, counters,
     stride_x, stride_w, stride_cs, stride_cd, stride_cl, stride_a, stride_ah, stride_b, stride_bh, stride_idx,
-    scale, T, N,
+    scale, T, N, num_slots,
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     S: tl.constexpr, W: tl.constexpr, KP: tl.constexpr, LP: tl.constexpr, HAS_BIAS: tl.constexpr,
     NEG: tl.constexpr, BZ: tl.constexpr, EVEN: tl.constexpr,
-    TPP: tl.constexpr, PDL: tl.constexpr,
+    TPP: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
 ):
-    pdl_wait(PDL)
     i_p = tl.program_id(0)
     i_hk = tl.program_id(1)
     i_n = tl.program_id(2)
     R: tl.constexpr = NV // NK
     NVB: tl.constexpr = (DV + BV - 1) // BV
+    if PDL and PREFETCH and S == 1:
+        # the first tile's state into L2 while the kernel before finishes. The slot index is read before
+        # the wait, so it may be stale if that kernel wrote it: clamped into the pool, a stale index only
+        # prefetches the wrong lines (the protocol of gdn_fx.ops.pdl: no value read here is used later)
+        slot0 = tl.minimum(tl.load(idx + i_n * stride_idx, volatile=True), num_slots - 1)
+        _prefetch_tile(state, slot0, i_hk * R + (i_p * TPP) // NVB, ((i_p * TPP) % NVB) * BV, NV, DK, DV, BK, BV, LINE)
+    pdl_wait(PDL)
     bos = tl.load(qsl + i_n).to(tl.int64)
     L = tl.load(qsl + i_n + 1).to(tl.int64) - bos
     cslot = tl.load(idx + i_n * stride_idx)
@@ -191,6 +212,30 @@ def _core_decode_kernel(
                     tl.atomic_xchg(counter, 0, sem="relaxed")
 
 
+PREFETCH_FROM = 8192  # sequences x value heads from which the state prefetch is on by default (below)
+
+
+def state_prefetch(pdl_mode: int, device: torch.device, pairs: int) -> bool:
+    """Whether each program asks L2 for its first state tile before its PDL wait, for a step of ``pairs``
+    (sequence, value head) pairs: ``GDN_FX_STATE_PREFETCH`` = auto (the default: from PREFETCH_FROM pairs on),
+    1 or 0. Only under PDL on compiled NVIDIA code (the request is PTX; the interpreter runs no inline
+    assembly).
+
+    Measured in the Qwen3-Next layer step on the H200 (bench/README.md, part 8), with against without: the
+    step took 321.9 / 321.2 against 325.9 / 326.1 us at B = 256 (8192 pairs; two runs), 0.1-1.1 us longer
+    at B = 1 to 64, and even at B = 128. Not profiled; at B <= 64 the whole batch's state is read in about one
+    wave of programs, whose requests then compete for DRAM with the end of the GEMM before, while at B = 256
+    (many waves) each program's burst of line requests runs ahead of its wide loads. A prefetch of each
+    next tile inside the tile loop (no registers held) lost 4.6 us at B = 32 and 22 us at B = 256, and is
+    not built."""
+    env = os.environ.get("GDN_FX_STATE_PREFETCH", "auto")
+    if env not in ("auto", "0", "1"):
+        raise ValueError(f"GDN_FX_STATE_PREFETCH={env!r}: expected auto, 0 or 1")
+    if not pdl_mode or device.type != "cuda" or torch.version.hip or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return pairs >= PREFETCH_FROM if env == "auto" else env == "1"
+
+
 def supports(x, conv_weight, conv_state, ssm_state, state_indices) -> bool:
     W = conv_weight.shape[1]
     return (x.stride(-1) == 1 and conv_weight.stride(1) == 1 and ssm_state.is_contiguous() and state_indices.stride(1) == 1
@@ -245,14 +290,25 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
         return out
     if N == 0:
         return out.zero_()
-    BV, num_warps, tpp = cfg or config(DK, DV, N, NV, x.device)
-    grid, const = launch_geometry(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1], BV, tpp)
     m = pdl.mode(x.device)
+    grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
+                         tuple(cfg or config(DK, DV, N, NV, x.device)), conv_bias is not None, allow_neg_eigval, m,
+                         state_prefetch(m, x.device, N * NV), ssm_state.element_size())
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
         num_accepted_tokens, out, scratch.counters(x.device, N * num_k_heads),
         x.stride(0), conv_weight.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale, T, N,
-        **const, HAS_BIAS=conv_bias is not None, NEG=allow_neg_eigval, num_warps=num_warps, PDL=m, **pdl.options(m),
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), state_indices.stride(0), scale, T, N, ssm_state.shape[0],
+        **kwargs,
     )
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(T, N, NK, NV, DK, DV, W, S, cfg, has_bias, neg, m, prefetch, elem):
+    """(grid, the launch's keyword arguments), built once per batch shape and setting: a decode step pays one
+    cached lookup for them."""
+    BV, num_warps, tpp = cfg
+    grid, const = launch_geometry(T, N, NK, NV, DK, DV, W, S, BV, tpp)
+    return grid, dict(**const, HAS_BIAS=has_bias, NEG=neg, num_warps=num_warps, PDL=m, PREFETCH=prefetch,
+                      LINE=128 // elem, **pdl.options(m))
