@@ -6,10 +6,12 @@ this hides is the gap between two kernels (the launch, the programs' start-up): 
 step of four short kernels on an H200 (bench/README.md).
 
 The protocol every kernel here follows, and why it is safe after any kernel, PDL-aware or not:
-- ``wait`` (``gdc_wait``) comes before the kernel's first global memory access, so it reads nothing and
-  writes nothing while the kernel before it runs. The one request before it is the skinny GEMM's L2
-  prefetch of its weight (``gdn_fx.ops.linear.triton_kernel.prefetch_l2``), which brings nothing into the
-  kernel and cannot go stale: L2 is where every SM's writes meet;
+- ``wait`` (``gdc_wait``) comes before the kernel's first global memory access, so it writes nothing and
+  uses nothing it read while the kernel before it runs. The requests before it are L2 prefetches: the
+  skinny GEMM's of its weight (``gdn_fx.ops.linear.triton_kernel.prefetch_l2``) and, from large batches,
+  the core decode's of its first state tile, whose address takes one volatile read of the slot index
+  (clamped into the pool: a stale index only prefetches the wrong lines; the value is read again after the
+  wait). A prefetch brings nothing into the kernel and cannot go stale: L2 is where every SM's writes meet;
 - the release (``gdc_launch_dependents``) comes after that wait, so when the next kernel starts, this one
   has passed its wait and every kernel before the previous one has finished: ordering stays
   transitive down the stream, as without PDL.
