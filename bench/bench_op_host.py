@@ -45,10 +45,10 @@ def main():
     print(f"torch {torch.__version__}, {args.device}: torch.mm {mm:.1f} us a call, gdn_fx::linear {op:.1f} us "
           f"({op - mm:.1f} us more)")
     if args.device == "cuda":
-        layers(args.device)
+        skinny_gemm_call(args.device)
 
 
-def layers(device: str):
+def skinny_gemm_call(device: str):
     """On cuda, where one call of the Triton skinny GEMM (out_proj's shape, 8 rows: the GPU's table picks it)
     spends its host time, outermost first: the op through the dispatcher, its launcher called directly, and
     Triton's own launch of the compiled kernel with the launcher's arguments."""

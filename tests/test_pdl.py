@@ -94,22 +94,17 @@ def test_prefetch_steps(monkeypatch):
 def test_state_prefetch(monkeypatch):
     from gdn_fx.ops.core.decode_kernel import PREFETCH_FROM, state_prefetch
 
-    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("GDN_FX_STATE_PREFETCH", raising=False)
-    if not torch.version.hip:
-        assert state_prefetch(pdl.LATE, cuda, PREFETCH_FROM) and not state_prefetch(pdl.LATE, cuda, PREFETCH_FROM - 1)
-        for env, want in (("1", True), ("0", False)):
-            monkeypatch.setenv("GDN_FX_STATE_PREFETCH", env)
-            assert state_prefetch(pdl.LATE, cuda, 1) is want
+    assert state_prefetch(pdl.LATE, PREFETCH_FROM) and not state_prefetch(pdl.LATE, PREFETCH_FROM - 1)
+    for env, want in (("1", True), ("0", False)):
+        monkeypatch.setenv("GDN_FX_STATE_PREFETCH", env)
+        assert state_prefetch(pdl.LATE, 1) is want
     monkeypatch.setenv("GDN_FX_STATE_PREFETCH", "1")
-    assert not state_prefetch(0, cuda, PREFETCH_FROM)  # the request runs ahead of a PDL wait, or not at all
-    assert not state_prefetch(pdl.LATE, cpu, PREFETCH_FROM)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert not state_prefetch(pdl.LATE, cuda, PREFETCH_FROM)  # no inline PTX in the interpreter
+    assert not state_prefetch(0, PREFETCH_FROM)  # the request runs ahead of a PDL wait, or not at all
+    assert not state_prefetch(pdl.mode(torch.device("cpu")), PREFETCH_FROM)
     monkeypatch.setenv("GDN_FX_STATE_PREFETCH", "yes")
     with pytest.raises(ValueError, match="GDN_FX_STATE_PREFETCH='yes'"):
-        state_prefetch(0, cpu, 1)
+        state_prefetch(0, 1)
 
 
 @pytest.mark.gpu

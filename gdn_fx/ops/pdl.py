@@ -80,3 +80,10 @@ def release(PDL: tl.constexpr):
     """After a kernel's main loads and loop (LATE): let the next kernel launch."""
     if PDL == 2:
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def request_l2(p):
+    """Asks L2 for the 128-byte line at each address of the pointer tensor ``p`` and returns at once: nothing
+    reaches registers or L1. Safe before ``wait`` whatever the kernel before writes (the protocol above)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [p], dtype=tl.int32, is_pure=False, pack=1)

@@ -21,6 +21,9 @@ Whole tiles (BK = DK, BV dividing DV) load and store unmasked under scalar branc
 speculative columns (one slot column) the state's slot is known without reading
 ``num_accepted_tokens``: both keep registers and dependent loads down (measured in bench/README.md).
 
+Under programmatic dependent launch (``gdn_fx.ops.pdl``) and from large batches (``state_prefetch``), a
+program asks L2 for its first state tile before it waits for the kernel before.
+
 Semantics are those of ``causal_conv1d_decode`` followed by ``fused_recurrent_decode``."""
 
 import functools
@@ -35,6 +38,7 @@ from gdn_fx import tuning
 from gdn_fx.ops import pdl, scratch
 from gdn_fx.ops.decode.triton_kernel import gated_delta_step, head_gates, load_head
 from gdn_fx.ops.pdl import release as pdl_release
+from gdn_fx.ops.pdl import request_l2
 from gdn_fx.ops.pdl import wait as pdl_wait
 
 @triton.jit
@@ -75,14 +79,13 @@ def _shift_state(base_s, base_x, c0, n, o, L, stride_sd, stride_sl, stride_x, W:
 def _prefetch_tile(state, slot, i_hv, v0, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, LINE: tl.constexpr):
     """Asks L2 for the [DK, BV] state tile of slot ``slot`` (clamped to 0 from below) at value head i_hv, columns
-    v0.., a LINE of elements (128 bytes) a request, and returns at once: nothing reaches registers."""
+    v0.., a LINE of elements (128 bytes) a request (``pdl.request_l2``)."""
     COLS: tl.constexpr = BV // LINE if BV > LINE else 1
     r = tl.arange(0, BK)
     c = v0 + tl.arange(0, COLS) * LINE
     ok = (r < DK)[:, None] & (c < DV)[None, :]
     base = state + tl.maximum(slot, 0).to(tl.int64) * (NV * DK * DV) + i_hv * (DK * DV)
-    p = base + tl.where(ok, r[:, None] * DV + c[None, :], 0)
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [p], dtype=tl.int32, is_pure=False, pack=1)
+    request_l2(base + tl.where(ok, r[:, None] * DV + c[None, :], 0))
 
 
 @triton.jit(do_not_specialize=["T", "N"])
@@ -215,23 +218,23 @@ def _core_decode_kernel(
 PREFETCH_FROM = 8192  # sequences x value heads from which the state prefetch is on by default (below)
 
 
-def state_prefetch(pdl_mode: int, device: torch.device, pairs: int) -> bool:
+def state_prefetch(pdl_mode: int, pairs: int) -> bool:
     """Whether each program asks L2 for its first state tile before its PDL wait, for a step of ``pairs``
     (sequence, value head) pairs: ``GDN_FX_STATE_PREFETCH`` = auto (the default: from PREFETCH_FROM pairs on),
-    1 or 0. Only under PDL on compiled NVIDIA code (the request is PTX; the interpreter runs no inline
-    assembly).
+    1 or 0. Only under PDL (``pdl_mode`` nonzero: compiled code on an sm_90+ NVIDIA GPU, ``pdl.mode``), the
+    only place the request can run ahead of anything.
 
     Measured in the Qwen3-Next layer step on the H200 (bench/README.md, part 8), with against without: the
-    step took 321.9 / 321.2 against 325.9 / 326.1 us at B = 256 (8192 pairs; two runs), 0.1-1.1 us longer
-    at B = 1 to 64, and even at B = 128. Not profiled; at B <= 64 the whole batch's state is read in about one
-    wave of programs, whose requests then compete for DRAM with the end of the GEMM before, while at B = 256
-    (many waves) each program's burst of line requests runs ahead of its wide loads. A prefetch of each
-    next tile inside the tile loop (no registers held) lost 4.6 us at B = 32 and 22 us at B = 256, and is
-    not built."""
+    step took 321.9 / 321.2 / 321.4 against 325.9 / 326.1 / 325.6 us at B = 256 (8192 pairs; three runs),
+    0.1-1.1 us longer at B = 1 to 64, and even at B = 128. Not profiled; at B <= 64 the whole batch's state
+    is read in about one wave of programs, whose requests then compete for DRAM with the end of the GEMM
+    before, while at B = 256 (many waves) each program's burst of line requests runs ahead of its wide
+    loads. A prefetch of each next tile inside the tile loop (no registers held) lost 4.6 us at B = 32 and
+    22 us at B = 256, and is not built."""
     env = os.environ.get("GDN_FX_STATE_PREFETCH", "auto")
     if env not in ("auto", "0", "1"):
         raise ValueError(f"GDN_FX_STATE_PREFETCH={env!r}: expected auto, 0 or 1")
-    if not pdl_mode or device.type != "cuda" or torch.version.hip or os.environ.get("TRITON_INTERPRET") == "1":
+    if not pdl_mode:
         return False
     return pairs >= PREFETCH_FROM if env == "auto" else env == "1"
 
@@ -293,7 +296,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     m = pdl.mode(x.device)
     grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
                          tuple(cfg or config(DK, DV, N, NV, x.device)), conv_bias is not None, allow_neg_eigval, m,
-                         state_prefetch(m, x.device, N * NV), ssm_state.element_size())
+                         state_prefetch(m, N * NV), ssm_state.element_size())
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
         num_accepted_tokens, out, scratch.counters(x.device, N * num_k_heads),

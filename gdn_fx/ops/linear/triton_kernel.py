@@ -34,6 +34,7 @@ from gdn_fx.ops import pdl, scratch
 from gdn_fx.ops.linear.reference import linear_reference
 from gdn_fx.ops.norm_gate.triton_kernel import gated_rms_norm, layout, norm_gate_triton
 from gdn_fx.ops.pdl import release as pdl_release
+from gdn_fx.ops.pdl import request_l2
 from gdn_fx.ops.pdl import wait as pdl_wait
 
 ATEN = tuning.ATEN_CONFIG  # (block_m, block_n, block_k, num_warps, num_stages, split) that means ATen
@@ -125,8 +126,7 @@ def prefetch_l2(w, o_n, m_n, swn, k0, K, STEPS: tl.constexpr, BLOCK_K: tl.conste
     for s in tl.static_range(STEPS):
         c = k0 + s * BLOCK_K + tl.arange(0, COLS) * LINE
         ok = m_n[:, None] & (c < K)[None, :]
-        p = w + tl.where(ok, o_n.to(tl.int64)[:, None] * swn + c[None, :], 0)
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [p], dtype=tl.int32, is_pure=False, pack=1)
+        request_l2(w + tl.where(ok, o_n.to(tl.int64)[:, None] * swn + c[None, :], 0))
 
 
 def prefetch_steps(steps: int, env: str | None = None) -> int:
