@@ -31,6 +31,7 @@ in and out, at the copy bandwidth measured in the same run.
 
     python bench/bench_layer.py --out bench/results
     python bench/bench_layer.py --out bench/results --cases decode --variants eager,stock_compile,gdn_fx,gdn_fx_2gemm
+    python bench/bench_layer.py --cases decode --variants stock_compile,gdn_fx --env-variant "bv128=gdn_fx@GDN_FX_DECODE_CONFIG=128,4,2"
 """
 
 import argparse
@@ -97,9 +98,20 @@ def main():
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)),
                     help="sequences of the decode steps (default: %(default)s)")
     ap.add_argument("--tuning", help="a tuning file (python -m gdn_fx tune --out) for the gdn_fx_tuning variant")
+    ap.add_argument("--env-variant", action="append", default=[], metavar="NAME=VARIANT@KEY=VALUE[;KEY=VALUE]",
+                    help="one more variant NAME: VARIANT with these environment variables set while it runs and is "
+                         "captured (the kernels' launch knobs); repeatable")
     args = ap.parse_args()
     if "gdn_fx_tuning" in args.variants.split(",") and not args.tuning:
         ap.error("the gdn_fx_tuning variant needs --tuning FILE")
+    env_variants = []
+    for spec in args.env_variant:
+        name, _, rest = spec.partition("=")
+        base, _, env = rest.partition("@")
+        pairs = [kv.split("=", 1) for kv in env.split(";")] if env else []
+        if not name or base not in VARIANTS or not pairs or any(len(p) != 2 or not p[0] for p in pairs):
+            ap.error(f"--env-variant {spec!r}: expected NAME=VARIANT@KEY=VALUE[;KEY=VALUE], VARIANT of {','.join(VARIANTS)}")
+        env_variants.append((name, base, dict(pairs)))
     prefill = tuple(int(v) for v in args.prefill.split("x"))
     bw = copy_bandwidth()
     torch.manual_seed(0)
@@ -129,6 +141,8 @@ def main():
         "gdn_fx_tuning": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_TUNING=args.tuning),
     }
     fns = {name: makers[name]() for name in args.variants.split(",")}
+    for name, base, env in env_variants:
+        fns[name] = with_env(makers[base](), **env)
     rows = []
     batches = [int(b) for b in args.batches.split(",")]
     max_slots = 2 * max(max(batches), prefill[0])

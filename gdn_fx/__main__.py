@@ -154,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     tun.add_argument("--kernels", default="core_decode,norm_gate,unpack,linear,norm_gate_linear", help="comma-separated subset")
     tun.add_argument("--dims", default="16,32,128,128", help="NK,NV,DK,DV of the model (default: Qwen3-Next)")
     tun.add_argument("--hidden", type=int, default=2048, help="the model's hidden size (the projections' K / N)")
+    tun.add_argument("--sizes", help="comma-separated sizes to time, for every kernel in --kernels (default: each "
+                                     "kernel's own sweep, gdn_fx/tuning/sweep.py's SIZES)")
     sub.add_parser("tp-demo", add_help=False,
                    help="a layer sharded over N ranks against one process (python -m gdn_fx tp-demo --help)")
     return parser
@@ -172,10 +174,16 @@ def tune(args, parser, prog) -> int:
         parser.error(f"--dims: want NK,NV,DK,DV (four integers), got {args.dims!r}")
     if NV % NK:
         parser.error(f"--dims: NV={NV} must be a multiple of NK={NK}")
+    try:
+        sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else None
+    except ValueError:
+        parser.error(f"--sizes: want comma-separated integers, got {args.sizes!r}")
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        parser.error(f"--sizes: want positive integers, got {args.sizes!r}")
     if not torch.cuda.is_available():
         print(f"{prog}: tuning times kernels on a CUDA device, and none is available", file=sys.stderr)
         return 2
-    result = run_tune(kernels, NK, NV, DK, DV, args.hidden)
+    result = run_tune(kernels, NK, NV, DK, DV, args.hidden, sizes={k: sizes for k in kernels} if sizes else None)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {args.out}: use it with GDN_FX_TUNING={args.out}")

@@ -14,3 +14,11 @@ def test_host_profile_runs():
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "== eager:" in res.stdout and "== gdn_fx:" in res.stdout and "us of host a call" in res.stdout
+
+
+def test_layer_bench_rejects_a_bad_env_variant_before_touching_a_gpu():
+    for spec in ("x=nope@A=1", "x=gdn_fx@A", "=gdn_fx@A=1", "x=gdn_fx"):
+        res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_layer.py"), "--env-variant", spec],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and f"--env-variant {spec!r}" in res.stderr and "NAME=VARIANT@KEY=VALUE" in res.stderr, (
+            spec, res.stderr[-2000:])

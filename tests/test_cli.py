@@ -39,6 +39,8 @@ def test_help_describes_every_option_with_its_default(cmd, capsys):
     (["--kernels", "core_decode,nope"], ["--kernels", "nope", "core_decode, norm_gate, unpack"]),
     (["--dims", "16,32,128"], ["--dims", "NK,NV,DK,DV"]),
     (["--dims", "3,32,128,128"], ["NV=32", "NK=3"]),
+    (["--sizes", "8,x"], ["--sizes", "'8,x'", "integers"]),
+    (["--sizes", "8,0"], ["--sizes", "positive"]),
 ])
 def test_tune_rejects_bad_arguments(args, words, capsys):
     with pytest.raises(SystemExit) as exit_:
