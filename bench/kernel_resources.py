@@ -14,7 +14,6 @@ of the GPU's image too.
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from gdn_fx.tuning import measured  # noqa: E402
 from tests.ptx import compile_sm90, resource_usage  # noqa: E402
 
 NK, NV, DK, DV, W = 16, 32, 128, 128, 4
-HOIST = os.environ.get("GDN_FX_CORE_HOIST", "1") == "1"  # as the launcher (decode_kernel.core_decode_triton)
 # Triton types of the kernels' non-constexpr arguments (tests/test_pdl.py compiles the same kernels)
 CORE_SIGNATURE = {n: "*bf16" for n in ("x", "conv_w", "conv_b", "conv_state", "a", "b", "out")} | {
     n: "*fp32" for n in ("A_log", "dt_bias", "state")} | {n: "*i32" for n in ("qsl", "idx", "acc", "counters")} | {
@@ -60,7 +58,7 @@ def core_decode(BV: int, warps: int, tpp: int):
     _, const = dk.launch_geometry(1, 1, NK, NV, DK, DV, W, 1, BV, tpp)
     ones = dict(stride_cl=1, stride_ah=1, stride_bh=1, stride_idx=1)
     sig, aligned = _specialized(CORE_SIGNATURE, ones, {"stride_x", "stride_a", "stride_b", "stride_cs"})
-    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=True, LINE=32, HOIST=HOIST, HINT=False)
+    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=True, LINE=32)
     return (compile_sm90(dk._core_decode_kernel, sig, const, aligned, warps),
             f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}")
 

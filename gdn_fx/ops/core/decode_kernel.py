@@ -36,7 +36,7 @@ import triton.language as tl
 
 from gdn_fx import tuning
 from gdn_fx.ops import pdl, scratch
-from gdn_fx.ops.decode.triton_kernel import gated_delta_step, gated_delta_update, head_gates, load_head, qk_norm
+from gdn_fx.ops.decode.triton_kernel import gated_delta_step, head_gates, load_head
 from gdn_fx.ops.pdl import release as pdl_release
 from gdn_fx.ops.pdl import request_l2
 from gdn_fx.ops.pdl import wait as pdl_wait
@@ -96,8 +96,7 @@ def _core_decode_kernel(
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     S: tl.constexpr, W: tl.constexpr, KP: tl.constexpr, LP: tl.constexpr, HAS_BIAS: tl.constexpr,
     NEG: tl.constexpr, BZ: tl.constexpr, EVEN: tl.constexpr,
-    TPP: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr, HOIST: tl.constexpr,
-    HINT: tl.constexpr,
+    TPP: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
 ):
     i_p = tl.program_id(0)
     i_hk = tl.program_id(1)
@@ -137,10 +136,6 @@ def _core_decode_kernel(
     else:
         b_q = tl.zeros([BK], dtype=tl.float32)
         b_k = tl.zeros([BK], dtype=tl.float32)
-    if HOIST:  # one token (S == 1): the key head's q and k, the same for every tile of the program,
-        # convolved and normalised at its first tile only (there, after that tile's state load is issued)
-        q1 = tl.zeros([BK], dtype=tl.float32)
-        k1 = tl.zeros([BK], dtype=tl.float32)
     # this program's TPP tiles: (value head of the key head's group, block of BV value columns)
     for i_t in tl.range(0, TPP):
         tile = i_p * TPP + i_t
@@ -157,11 +152,7 @@ def _core_decode_kernel(
         if EVEN:  # whole tiles: unmasked (vector) state loads and stores under scalar branches
             A, bias = head_gates(A_log, dt_bias, i_hv)
             if live:
-                if HINT:
-                    h = tl.load(state + read.to(tl.int64) * (NV * DK * DV) + p_state,
-                                eviction_policy="evict_first").to(tl.float32)
-                else:
-                    h = tl.load(state + read.to(tl.int64) * (NV * DK * DV) + p_state).to(tl.float32)
+                h = tl.load(state + read.to(tl.int64) * (NV * DK * DV) + p_state).to(tl.float32)
             else:
                 h = tl.zeros([BK, BV], dtype=tl.float32)
         else:
@@ -169,29 +160,19 @@ def _core_decode_kernel(
         for j in tl.static_range(S):
             if j < L:
                 t = bos + j
+                q = _conv_silu(base_s + c_q * stride_cd, base_x + c_q, conv_w + c_q * stride_w, b_q, o, mk, stride_cl,
+                          stride_x, j, W)
+                k = _conv_silu(base_s + c_k * stride_cd, base_x + c_k, conv_w + c_k * stride_w, b_k, o, mk, stride_cl,
+                          stride_x, j, W)
                 v = _conv_silu(base_s + c_v * stride_cd, base_x + c_v, conv_w + c_v * stride_w, b_v, o, mv, stride_cl,
                           stride_x, j, W)
+                # the conv's outputs round to the activation dtype, as the two-op path stores them
+                q = q.to(x.dtype.element_ty).to(tl.float32)
+                k = k.to(x.dtype.element_ty).to(tl.float32)
                 v = v.to(x.dtype.element_ty).to(tl.float32)
                 a_t = tl.load(a + t * stride_a + i_hv * stride_ah).to(tl.float32)
                 b_t = tl.load(b + t * stride_b + i_hv * stride_bh).to(tl.float32)
-                if HOIST:
-                    if i_t == 0:
-                        q1 = _conv_silu(base_s + c_q * stride_cd, base_x + c_q, conv_w + c_q * stride_w, b_q, o, mk,
-                                        stride_cl, stride_x, 0, W)
-                        k1 = _conv_silu(base_s + c_k * stride_cd, base_x + c_k, conv_w + c_k * stride_w, b_k, o, mk,
-                                        stride_cl, stride_x, 0, W)
-                        q1, k1 = qk_norm(q1.to(x.dtype.element_ty).to(tl.float32),
-                                         k1.to(x.dtype.element_ty).to(tl.float32), scale)
-                    h, o_t = gated_delta_update(h, q1, k1, v, a_t, b_t, A, bias, NEG)
-                else:
-                    q = _conv_silu(base_s + c_q * stride_cd, base_x + c_q, conv_w + c_q * stride_w, b_q, o, mk,
-                                   stride_cl, stride_x, j, W)
-                    k = _conv_silu(base_s + c_k * stride_cd, base_x + c_k, conv_w + c_k * stride_w, b_k, o, mk,
-                                   stride_cl, stride_x, j, W)
-                    # the conv's outputs round to the activation dtype, as the two-op path stores them
-                    q = q.to(x.dtype.element_ty).to(tl.float32)
-                    k = k.to(x.dtype.element_ty).to(tl.float32)
-                    h, o_t = gated_delta_step(h, q, k, v, a_t, b_t, A, bias, scale, NEG)
+                h, o_t = gated_delta_step(h, q, k, v, a_t, b_t, A, bias, scale, NEG)
                 o_t = tl.where(live, o_t, 0.0)
                 if S == 1:
                     slot = cslot
@@ -200,11 +181,7 @@ def _core_decode_kernel(
                 if EVEN:
                     tl.store(out + t * NV * DV + i_hv * DV + offs_v, o_t.to(out.dtype.element_ty))
                     if live & (slot >= 0):
-                        if HINT:
-                            tl.store(state + slot.to(tl.int64) * (NV * DK * DV) + p_state, h.to(state.dtype.element_ty),
-                                     cache_modifier=".cs")
-                        else:
-                            tl.store(state + slot.to(tl.int64) * (NV * DK * DV) + p_state, h.to(state.dtype.element_ty))
+                        tl.store(state + slot.to(tl.int64) * (NV * DK * DV) + p_state, h.to(state.dtype.element_ty))
                 else:
                     tl.store(out + t * NV * DV + i_hv * DV + offs_v, o_t.to(out.dtype.element_ty), mask=offs_v < DV)
                     slot_dk = tl.where(slot >= 0, live_dk, 0)
@@ -319,8 +296,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     m = pdl.mode(x.device)
     grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
                          tuple(cfg or config(DK, DV, N, NV, x.device)), conv_bias is not None, allow_neg_eigval, m,
-                         state_prefetch(m, N * NV), ssm_state.element_size(),
-                         os.environ.get("GDN_FX_CORE_HOIST", "1") == "1", os.environ.get("GDN_FX_STATE_HINT", "0") == "1")
+                         state_prefetch(m, N * NV), ssm_state.element_size())
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
         num_accepted_tokens, out, scratch.counters(x.device, N * num_k_heads),
@@ -332,10 +308,10 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(T, N, NK, NV, DK, DV, W, S, cfg, has_bias, neg, m, prefetch, elem, hoist=True, hint=False):
+def _plan(T, N, NK, NV, DK, DV, W, S, cfg, has_bias, neg, m, prefetch, elem):
     """(grid, the launch's keyword arguments), built once per batch shape and setting: a decode step pays one
     cached lookup for them."""
     BV, num_warps, tpp = cfg
     grid, const = launch_geometry(T, N, NK, NV, DK, DV, W, S, BV, tpp)
     return grid, dict(**const, HAS_BIAS=has_bias, NEG=neg, num_warps=num_warps, PDL=m, PREFETCH=prefetch,
-                      LINE=128 // elem, HOIST=hoist and S == 1, HINT=hint, **pdl.options(m))
+                      LINE=128 // elem, **pdl.options(m))

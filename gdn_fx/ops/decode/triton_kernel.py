@@ -38,24 +38,13 @@ def gated_delta_step(h, q, k, v, a_t, b_t, A, dt_bias, scale, NEG: tl.constexpr)
     a_t, b_t the raw gate inputs; A = -exp(A_log). Gating g = A softplus(a_t + dt_bias) (threshold 20),
     beta = sigmoid(b_t) (x2 with NEG); q, k L2-normalised, q scaled; then S = exp(g) S,
     u = beta (v - S^T k), S += k u^T, o = S^T q. Returns (h, o [BV])."""
-    q, k = qk_norm(q, k, scale)
-    return gated_delta_update(h, q, k, v, a_t, b_t, A, dt_bias, NEG)
-
-
-@triton.jit
-def qk_norm(q, k, scale):
-    """q, k [BK] fp32 L2-normalised (eps 1e-6), q scaled."""
-    return q * tl.rsqrt(tl.sum(q * q) + 1e-6) * scale, k * tl.rsqrt(tl.sum(k * k) + 1e-6)
-
-
-@triton.jit
-def gated_delta_update(h, q, k, v, a_t, b_t, A, dt_bias, NEG: tl.constexpr):
-    """``gated_delta_step`` from q, k already normalised (``qk_norm``). Returns (h, o [BV])."""
     av = a_t + dt_bias
     g = A * tl.where(av > 20.0, av, tl.log(1.0 + tl.exp(av)))
     beta = tl.sigmoid(b_t)
     if NEG:
         beta = beta * 2.0
+    q = q * tl.rsqrt(tl.sum(q * q) + 1e-6) * scale
+    k = k * tl.rsqrt(tl.sum(k * k) + 1e-6)
     h = h * tl.exp(g)
     u = beta * (v - tl.sum(h * k[:, None], 0))
     h = h + k[:, None] * u[None, :]
