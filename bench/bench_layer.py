@@ -111,6 +111,8 @@ def main():
         pairs = [kv.split("=", 1) for kv in env.split(";")] if env else []
         if not name or base not in VARIANTS or not pairs or any(len(p) != 2 or not p[0] for p in pairs):
             ap.error(f"--env-variant {spec!r}: expected NAME=VARIANT@KEY=VALUE[;KEY=VALUE], VARIANT of {','.join(VARIANTS)}")
+        if name in args.variants.split(",") or name in [n for n, _, _ in env_variants]:
+            ap.error(f"--env-variant {spec!r}: the name {name!r} is already a variant of this run")
         env_variants.append((name, base, dict(pairs)))
     prefill = tuple(int(v) for v in args.prefill.split("x"))
     bw = copy_bandwidth()

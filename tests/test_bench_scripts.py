@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,9 +18,12 @@ def test_host_profile_runs():
     assert "== eager:" in res.stdout and "== gdn_fx:" in res.stdout and "us of host a call" in res.stdout
 
 
-def test_layer_bench_rejects_a_bad_env_variant_before_touching_a_gpu():
-    for spec in ("x=nope@A=1", "x=gdn_fx@A", "=gdn_fx@A=1", "x=gdn_fx"):
-        res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_layer.py"), "--env-variant", spec],
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2 and f"--env-variant {spec!r}" in res.stderr and "NAME=VARIANT@KEY=VALUE" in res.stderr, (
-            spec, res.stderr[-2000:])
+@pytest.mark.parametrize("spec,words", [
+    ("x=nope@A=1", "NAME=VARIANT@KEY=VALUE"), ("x=gdn_fx@A", "NAME=VARIANT@KEY=VALUE"),
+    ("=gdn_fx@A=1", "NAME=VARIANT@KEY=VALUE"), ("x=gdn_fx", "NAME=VARIANT@KEY=VALUE"),
+    ("gdn_fx=gdn_fx@A=1", "already a variant"),
+])
+def test_layer_bench_rejects_a_bad_env_variant_before_touching_a_gpu(spec, words):
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_layer.py"), "--env-variant", spec],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and f"--env-variant {spec!r}" in res.stderr and words in res.stderr, res.stderr[-2000:]
