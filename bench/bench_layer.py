@@ -52,10 +52,18 @@ from gdn_fx import Request, build_metadata  # noqa: E402
 from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
-VARIANTS = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm", "stock_compile_2gemm",
-            "gdn_fx_nopdl", "gdn_fx_pdl_early", "gdn_fx_prefetch_off", "gdn_fx_prefetch_all", "stock_compile_nopdl",
-            "gdn_fx_tuning", "gdn_fx_state_prefetch_off", "stock_compile_state_prefetch_off",
-            "gdn_fx_state_prefetch_on", "stock_compile_state_prefetch_on")
+BASES = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm",
+         "stock_compile_2gemm")
+KNOBS = {  # named variants: a base variant with launch knobs (environment variables) set; --env-variant adds more
+    "gdn_fx_nopdl": ("gdn_fx", {"GDN_FX_PDL": "0"}),
+    "gdn_fx_pdl_early": ("gdn_fx", {"GDN_FX_PDL": "early"}),
+    "gdn_fx_prefetch_off": ("gdn_fx", {"GDN_FX_L2_PREFETCH": "0"}),
+    "gdn_fx_prefetch_all": ("gdn_fx", {"GDN_FX_L2_PREFETCH": "all"}),
+    "stock_compile_nopdl": ("stock_compile", {"GDN_FX_PDL": "0"}),
+    **{f"{v}_state_prefetch_{k}": (v, {"GDN_FX_STATE_PREFETCH": e})
+       for v in ("gdn_fx", "stock_compile") for k, e in (("off", "0"), ("on", "1"))},
+}
+VARIANTS = BASES + tuple(KNOBS) + ("gdn_fx_tuning",)
 
 HIDDEN, NK, NV, DK, DV = 2048, 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
@@ -88,7 +96,9 @@ def with_env(fn, **env: str):
     return call
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, checked before any GPU work. ``plan``: the run's variants in order, each (name, base
+    variant, environment variables to set or None)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results", help="folder of layer.json (default: %(default)s)")
     ap.add_argument("--cases", default="decode,prefill", help="decode and/or prefill (default: %(default)s)")
@@ -101,19 +111,31 @@ def main():
     ap.add_argument("--env-variant", action="append", default=[], metavar="NAME=VARIANT@KEY=VALUE[;KEY=VALUE]",
                     help="one more variant NAME: VARIANT with these environment variables set while it runs and is "
                          "captured (the kernels' launch knobs); repeatable")
-    args = ap.parse_args()
-    if "gdn_fx_tuning" in args.variants.split(",") and not args.tuning:
+    args = ap.parse_args(argv)
+    names = args.variants.split(",")
+    if bad := [n for n in names if n not in VARIANTS]:
+        ap.error(f"--variants: unknown {', '.join(bad)} (choose from {','.join(VARIANTS)})")
+    if "gdn_fx_tuning" in names and not args.tuning:
         ap.error("the gdn_fx_tuning variant needs --tuning FILE")
-    env_variants = []
+    knobs = {**KNOBS, "gdn_fx_tuning": ("gdn_fx", {"GDN_FX_TUNING": args.tuning})}
+    args.plan = [(n, *knobs[n]) if n in knobs else (n, n, None) for n in names]
     for spec in args.env_variant:
         name, _, rest = spec.partition("=")
         base, _, env = rest.partition("@")
         pairs = [kv.split("=", 1) for kv in env.split(";")] if env else []
         if not name or base not in VARIANTS or not pairs or any(len(p) != 2 or not p[0] for p in pairs):
             ap.error(f"--env-variant {spec!r}: expected NAME=VARIANT@KEY=VALUE[;KEY=VALUE], VARIANT of {','.join(VARIANTS)}")
-        if name in args.variants.split(",") or name in [n for n, _, _ in env_variants]:
+        if base == "gdn_fx_tuning" and not args.tuning:
+            ap.error("the gdn_fx_tuning variant needs --tuning FILE")
+        if name in [n for n, _, _ in args.plan]:
             ap.error(f"--env-variant {spec!r}: the name {name!r} is already a variant of this run")
-        env_variants.append((name, base, dict(pairs)))
+        base, knob = knobs[base] if base in knobs else (base, {})
+        args.plan.append((name, base, {**knob, **dict(pairs)}))
+    return args
+
+
+def main():
+    args = parse_args()
     prefill = tuple(int(v) for v in args.prefill.split("x"))
     bw = copy_bandwidth()
     torch.manual_seed(0)
@@ -132,19 +154,8 @@ def main():
         "gdn_fx_max_autotune": lambda: layer.compile_serving(backend="gdn_fx", options={"max_autotune": True}),
         "gdn_fx_2gemm": lambda: layers[False].compile_serving(backend="gdn_fx"),
         "stock_compile_2gemm": lambda: layers[False].compile_serving(backend="inductor"),
-        "gdn_fx_nopdl": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_PDL="0"),
-        "gdn_fx_pdl_early": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_PDL="early"),
-        "gdn_fx_prefetch_off": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_L2_PREFETCH="0"),
-        "gdn_fx_prefetch_all": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_L2_PREFETCH="all"),
-        "stock_compile_nopdl": lambda: with_env(layer.compile_serving(backend="inductor"), GDN_FX_PDL="0"),
-        **{f"{v}_state_prefetch_{k}": (lambda v=v, e=e: with_env(
-            layer.compile_serving(backend="gdn_fx" if v == "gdn_fx" else "inductor"), GDN_FX_STATE_PREFETCH=e))
-           for v in ("gdn_fx", "stock_compile") for k, e in (("off", "0"), ("on", "1"))},
-        "gdn_fx_tuning": lambda: with_env(layer.compile_serving(backend="gdn_fx"), GDN_FX_TUNING=args.tuning),
     }
-    fns = {name: makers[name]() for name in args.variants.split(",")}
-    for name, base, env in env_variants:
-        fns[name] = with_env(makers[base](), **env)
+    fns = {name: with_env(makers[base](), **env) if env else makers[base]() for name, base, env in args.plan}
     rows = []
     batches = [int(b) for b in args.batches.split(",")]
     max_slots = 2 * max(max(batches), prefill[0])

@@ -9,7 +9,6 @@ or on cuda (the Triton/ATen kernel behind the GPU's table).
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ def skinny_gemm_call(device: str):
                  "kernel[grid](...) (Triton)": per_call_us(raw, 5000),
                  "torch.mm (cuBLAS)": per_call_us(lambda: torch.mm(x, w.t()), 5000)}
         dev = x.device
-        env = os.environ.get("GDN_FX_L2_PREFETCH", "first")
+        env = lk.l2_prefetch_setting()
         parts = {"config (table lookup)": lambda: lk.config(8, 2048, 4096, dev),
                  "launch plan (cached)": lambda: lk._plan(8, 2048, 4096, cfg, None, m, env, 2),
                  "torch.empty y": lambda: torch.empty(8, 2048, dtype=w.dtype, device=dev),

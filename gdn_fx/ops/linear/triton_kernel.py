@@ -129,12 +129,17 @@ def prefetch_l2(w, o_n, m_n, swn, k0, K, STEPS: tl.constexpr, BLOCK_K: tl.conste
         request_l2(w + tl.where(ok, o_n.to(tl.int64)[:, None] * swn + c[None, :], 0))
 
 
+def l2_prefetch_setting() -> str:
+    """``GDN_FX_L2_PREFETCH``: first (the default), all or 0 (``prefetch_steps`` checks it)."""
+    return os.environ.get("GDN_FX_L2_PREFETCH", "first")
+
+
 def prefetch_steps(steps: int, env: str | None = None) -> int:
     """How many of its ``steps`` K steps a program asks L2 for before its PDL wait: ``GDN_FX_L2_PREFETCH`` (or
     ``env``) = first (the default), all, or 0. On the H200 the first step saved 1.0 us of the B = 1 layer step
     and nothing from B = 8; all of them cost 4.6-9.4 us from B = 1 to 32 (not profiled: likely the requests
     queue ahead of the loads that need them first)."""
-    env = os.environ.get("GDN_FX_L2_PREFETCH", "first") if env is None else env
+    env = l2_prefetch_setting() if env is None else env
     if env not in ("0", "first", "all"):
         raise ValueError(f"GDN_FX_L2_PREFETCH={env!r}: expected 0, first or all")
     return {"0": 0, "first": 1, "all": steps}[env]
@@ -183,7 +188,7 @@ def _launch(x, weight, cfg, M, K, norm=None):
         (sx, DX), (sz, DZ) = layout(x), layout(z)
         norm_key = (gs, DX, DZ, nw.numel(), nbg, act)
     m = pdl.mode(x.device)
-    grid, split, kwargs = _plan(M, N, K, tuple(cfg), norm_key, m, os.environ.get("GDN_FX_L2_PREFETCH", "first"),
+    grid, split, kwargs = _plan(M, N, K, tuple(cfg), norm_key, m, l2_prefetch_setting(),
                                 weight.element_size())
     part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     counters = scratch.counters(x.device, grid[0] * grid[2]) if split > 1 else y
