@@ -146,12 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument("--plot-only", action="store_true", help="only print the tables and render the JSONs in --out")
     tun = sub.add_parser(
         "tune", formatter_class=fmt, help="measure the fused kernels' configurations on this GPU into a file",
-        description="Times every candidate configuration of the fused kernels (core decode, norm-gate, unpack, and the skinny GEMM against cuBLAS) at "
+        description="Times every candidate configuration of the fused kernels (core decode and its TMA kernel, norm-gate, unpack, and the skinny GEMM against cuBLAS) at "
                     "each size bucket on this CUDA device and writes the fastest per bucket as JSON. Point "
                     "GDN_FX_TUNING at the file to use it; without it, the tables measured for this GPU model in "
                     "gdn_fx/tuning/measured.py apply, else each kernel's rule of thumb. Nothing is tuned at run time.")
     tun.add_argument("--out", default="gdn_fx_tuning.json", help="JSON file to write")
-    tun.add_argument("--kernels", default="core_decode,norm_gate,unpack,linear,norm_gate_linear", help="comma-separated subset")
+    tun.add_argument("--kernels", default="core_decode,core_decode_tma,norm_gate,unpack,linear,norm_gate_linear", help="comma-separated subset")
     tun.add_argument("--dims", default="16,32,128,128", help="NK,NV,DK,DV of the model (default: Qwen3-Next)")
     tun.add_argument("--hidden", type=int, default=2048, help="the model's hidden size (the projections' K / N)")
     tun.add_argument("--sizes", help="comma-separated sizes to time, for every kernel in --kernels (default: each "

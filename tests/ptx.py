@@ -7,14 +7,18 @@ import tempfile
 import pytest
 
 
-def compile_sm90(kernel, signature: dict, constexprs: dict, divisible_by_16: set, num_warps: int, num_stages: int = 3):
-    """``kernel`` compiled for sm_90 by this Triton and its ptxas. ``signature`` maps every non-constexpr argument
-    to a Triton type ("*bf16", "i32", ...); ``divisible_by_16`` names the arguments a launch would find 16-aligned
-    (pointers, strides), as Triton specializes them. Raises where this Triton has no NVIDIA backend or tools."""
+def compile_sm90(kernel, signature: dict, constexprs: dict, divisible_by_16: set, num_warps: int, num_stages: int = 3,
+                 gluon: bool = False):
+    """``kernel`` (a Gluon kernel with ``gluon``) compiled for sm_90 by this Triton and its ptxas. ``signature``
+    maps every non-constexpr argument to a Triton type ("*bf16", "i32", ...); ``divisible_by_16`` names the
+    arguments a launch would find 16-aligned (pointers, strides), as Triton specializes them. Raises where this
+    Triton has no NVIDIA backend or tools."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    if gluon:
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource  # noqa: N814
     signature = {n: signature.get(n, "constexpr") for n in kernel.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names) if n in divisible_by_16}
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)

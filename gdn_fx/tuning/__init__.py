@@ -26,7 +26,7 @@ import torch
 
 from gdn_fx.tuning import measured
 
-KERNELS = ("core_decode", "norm_gate", "unpack", "linear", "norm_gate_linear")
+KERNELS = ("core_decode", "core_decode_tma", "norm_gate", "unpack", "linear", "norm_gate_linear")
 MAX_BUCKET = 1 << 24
 ATEN_CONFIG = (0, 0, 0, 0, 0, 0)  # linear / norm_gate_linear: "hand this size back" (ATen, or the two kernels)
 

@@ -3,6 +3,8 @@
 TABLE[device name][kernel][dims][bucket] = config, where dims and the size that picks the bucket are
 those of ``gdn_fx.tuning.sweep``:
 - core_decode: dims "DKxDV", size sequences x value heads, config (BV, num_warps, tiles per program);
+- core_decode_tma: as core_decode, config (BV, num_warps, ring buffers, programs an SM, warps over columns),
+  all zeros for "the Triton kernel (core_decode's config) is as fast or faster";
 - norm_gate: dims "group size", size rows (tokens x groups), config (block_r, num_warps);
 - unpack: dims "output columns", size tokens, config (block_t, block_c, num_warps, wide);
 - linear: dims "NxK" (weight rows x columns), size tokens (rows M), config (block_m, block_n, block_k,
@@ -24,6 +26,10 @@ TABLE: dict = {
             "128x128": {32: (32, 4, 1), 64: (64, 4, 1), 128: (64, 2, 1), 256: (64, 2, 1), 512: (128, 4, 64),
                         1024: (64, 2, 64), 2048: (128, 4, 64), 4096: (128, 4, 64), 8192: (128, 4, 2),
                         16384: (128, 4, 64)},
+        },
+        "core_decode_tma": {  # 2026-12-01, session 10 (tuning_core_tma_h200.json): from B = 8 to 64 sequences
+            "128x128": {32: (0, 0, 0, 0, 0), 256: (64, 4, 2, 1, 1), 512: (64, 4, 2, 2, 1), 1024: (64, 4, 3, 2, 1),
+                        2048: (64, 4, 3, 2, 0), 4096: (0, 0, 0, 0, 0)},
         },
         "norm_gate": {  # 2026-12-01, loads without an eviction hint (tuning_norm_gate_h200.json)
             "128": {32: (1, 2), 256: (16, 16), 1024: (2, 2), 2048: (4, 2), 4096: (8, 8), 8192: (16, 8),

@@ -17,6 +17,7 @@ from gdn_fx.tuning.timing import graph_time
 
 SIZES = {
     "core_decode": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),  # sequences (x value heads = the size)
+    "core_decode_tma": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),  # sequences
     "norm_gate": (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),  # tokens (x groups = the size)
     "unpack": (1, 8, 32, 128, 512, 2048, 4096, 16384),  # tokens
     "linear": (1, 2, 4, 8, 16, 32, 64, 128),  # tokens (rows M)
@@ -35,6 +36,13 @@ def candidates(kernel: str, dims: tuple) -> list[tuple]:
     if kernel == "core_decode":
         return [(bv, w, t) for bv, w, t in itertools.product((16, 32, 64, 128), (1, 2, 4), (1, 2, 64))
                 if bv <= max(16, 1 << (dims[1] - 1).bit_length())]
+    if kernel == "core_decode_tma":  # (BV, num_warps, ring buffers, programs an SM, warps over columns); OFF:
+        from gdn_fx.ops.core.decode_tma import OFF  # the Triton kernel with its table's configuration
+
+        DK, DV = dims
+        return [OFF] + [(bv, w, nb, c, wc) for bv, w, nb, c, wc in itertools.product((32, 64, 128), (4, 8), (2, 3),
+                                                                                     (1, 2, 3), (0, 1))
+                        if DV % bv == 0 and nb * c * DK * bv * 4 <= 220 << 10 and not (wc and bv < 4 * w)]
     if kernel == "norm_gate":
         bd = 1 << (dims[0] - 1).bit_length()
         return [(r, w) for r, w in itertools.product((1, 2, 4, 8, 16, 32, 64), (1, 2, 4, 8, 16))
@@ -59,9 +67,13 @@ def candidates(kernel: str, dims: tuple) -> list[tuple]:
     raise ValueError(f"unknown kernel {kernel!r}")
 
 
-def _core_decode(N: int, NK: int, NV: int, DK: int, DV: int, W: int = 4):
+def _core_decode(N: int, NK: int, NV: int, DK: int, DV: int, W: int = 4, tma: bool = False):
+    """(run(cfg), size) of a decode batch of N sequences: ``core_decode``'s config, or with ``tma``
+    ``core_decode_tma``'s (its OFF: the Triton kernel as the table configures it)."""
     from gdn_fx import Request, build_metadata
-    from gdn_fx.ops.core.decode_kernel import core_decode_triton
+    from gdn_fx.ops import pdl
+    from gdn_fx.ops.core.decode_kernel import config, core_decode_triton
+    from gdn_fx.ops.core.decode_tma import OFF, core_decode_tma
 
     g = torch.Generator(device="cuda").manual_seed(N)
     D = 2 * NK * DK + NV * DV
@@ -74,6 +86,12 @@ def _core_decode(N: int, NK: int, NV: int, DK: int, DV: int, W: int = 4):
     out = torch.empty(N, NV, DV, device="cuda", dtype=torch.bfloat16)
 
     def run(cfg):  # the state moves on with every replay: a gated delta rule stays bounded
+        if tma and tuple(cfg) != OFF:
+            core_decode_tma(x, ab[:, :NV], ab[:, NV:], w, None, A_log, dt, conv, ssm, meta.query_start_loc,
+                            meta.state_indices, NK, DK**-0.5, False, out, tuple(cfg), pdl.mode(x.device))
+            return
+        if tma:  # OFF: the Triton kernel, configured as the tables (not this run's core_decode sweep) say
+            cfg = config(DK, DV, N, NV, x.device)
         core_decode_triton(x, ab[:, :NV], ab[:, NV:], w, None, A_log, dt, conv, ssm, meta.query_start_loc,
                            meta.state_indices, meta.num_accepted_tokens, NK, DK, DK**-0.5, False, out, cfg=cfg)
 
@@ -156,19 +174,19 @@ def linear_dims(NK: int, NV: int, DK: int, DV: int, hidden: int) -> list[tuple[i
     return [(2 * NK * DK + 2 * NV * DV + 2 * NV, hidden), (hidden, NV * DV)]
 
 
-def tune(kernels=("core_decode", "norm_gate", "unpack", "linear", "norm_gate_linear"), NK: int = 16, NV: int = 32,
+def tune(kernels=("core_decode", "core_decode_tma", "norm_gate", "unpack", "linear", "norm_gate_linear"), NK: int = 16, NV: int = 32,
          DK: int = 128, DV: int = 128, hidden: int = 2048, sizes: dict | None = None, log=print) -> dict:
     """{"configs": {device name: {kernel: {dims: {bucket: config}}}}, "sweep": [every timing]}."""
     name = torch.cuda.get_device_name()
     configs, sweep = {}, []
-    dims = {"core_decode": [(DK, DV)], "norm_gate": [(DV,)], "unpack": [(sum(qwen3_next_layout(NK, NV, DK, DV)[1]),)],
+    dims = {"core_decode": [(DK, DV)], "core_decode_tma": [(DK, DV)], "norm_gate": [(DV,)], "unpack": [(sum(qwen3_next_layout(NK, NV, DK, DV)[1]),)],
             "linear": linear_dims(NK, NV, DK, DV, hidden), "norm_gate_linear": [(hidden, NV * DV, DV)]}
     for kernel in kernels:
         for d in dims[kernel]:
             for s in (sizes or SIZES)[kernel]:
                 t0, calls = time.time(), 1
-                if kernel == "core_decode":
-                    run, n = _core_decode(s, NK, NV, DK, DV)
+                if kernel in ("core_decode", "core_decode_tma"):
+                    run, n = _core_decode(s, NK, NV, DK, DV, tma=kernel == "core_decode_tma")
                 elif kernel == "norm_gate":
                     run, n = _norm_gate(s, DV, NV * DV)
                 elif kernel == "unpack":

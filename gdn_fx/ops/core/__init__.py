@@ -5,7 +5,7 @@ projection output, writing ``core_attn_out`` and both state pools in place.
 Inductor never traces into it; the glue around it stays visible to the passes.
 Implementations: the reference below (the other gdn_fx ops composed through the dispatcher,
 every device) and, on cuda, ``cuda.py`` (the decode part in one Triton launch, see
-``decode_kernel.py``; the prefill part through the split conv and the chunk op's kernel).
+``decode_kernel.py`` and its TMA twin ``decode_tma.py``; the prefill part through the split conv and the chunk op's kernel).
 
 Batch layout (``gdn_fx.metadata`` builds it): sequences ordered decodes first
 (plain decodes and speculative verifications, recurrent path), then prefills

@@ -5,7 +5,8 @@ sync), slicing, and the launches below. Nothing is read back from the device and
 depends on the batch alone is recomputed: ``build_metadata`` did that once for the step.
 
 Decode part (plain decodes and verifications): one launch (``decode_kernel.py``: conv window
-update, gating, L2 norm and the recurrence), no host-device sync, CUDA-graph safe; inputs it does
+update, gating, L2 norm and the recurrence; on sm_90+ at the batch sizes this GPU's table names, its
+TMA twin ``decode_tma.py``), no host-device sync, CUDA-graph safe; inputs it does
 not support (a strided conv weight, too few conv state columns) take two launches:
 ``causal_conv1d_decode`` then ``fused_recurrent_decode``.
 

@@ -24,7 +24,10 @@ speculative columns (one slot column) the state's slot is known without reading
 Under programmatic dependent launch (``gdn_fx.ops.pdl``) and from large batches (``state_prefetch``), a
 program asks L2 for its first state tile before it waits for the kernel before.
 
-Semantics are those of ``causal_conv1d_decode`` followed by ``fused_recurrent_decode``."""
+Semantics are those of ``causal_conv1d_decode`` followed by ``fused_recurrent_decode``. Where the table
+measured for the GPU names a configuration of ``decode_tma.py`` (sm_90+, from 8 to 64 sequences on the
+H200) the launcher hands the batch to that kernel, which streams the state through shared memory by TMA.
+"""
 
 import functools
 import math
@@ -36,6 +39,7 @@ import triton.language as tl
 
 from gdn_fx import tuning
 from gdn_fx.ops import pdl, scratch
+from gdn_fx.ops.core import decode_tma
 from gdn_fx.ops.decode.triton_kernel import gated_delta_step, head_gates, load_head
 from gdn_fx.ops.pdl import release as pdl_release
 from gdn_fx.ops.pdl import request_l2
@@ -294,6 +298,12 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     if N == 0:
         return out.zero_()
     m = pdl.mode(x.device)
+    if cfg is None:  # the TMA kernel where this GPU's table (or GDN_FX_CORE_TMA) has it faster
+        tcfg = decode_tma.config(DK, DV, N, NV, x.device)
+        if tcfg != decode_tma.OFF and decode_tma.supports(x, conv_weight, conv_state, ssm_state, state_indices, tcfg):
+            return decode_tma.core_decode_tma(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state,
+                                              query_start_loc, state_indices, num_k_heads, scale, allow_neg_eigval,
+                                              out, tcfg, m)
     grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
                          tuple(cfg or config(DK, DV, N, NV, x.device)), conv_bias is not None, allow_neg_eigval, m,
                          state_prefetch(m, N * NV), ssm_state.element_size())

@@ -1,0 +1,216 @@
+"""The core decode's TMA kernel (gdn_fx.ops.core.decode_tma): where it applies, its knob, its sm_90 code
+(compiled on any machine with Triton's NVIDIA backend), and on an sm_90+ GPU every tuner candidate against
+the two-op path (conv decode, then the recurrence) at odd sizes, under the dispatch and in a CUDA graph."""
+
+import itertools
+
+import pytest
+import torch
+
+from gdn_fx.ops.core import decode_tma
+from gdn_fx.tuning import sweep
+
+# the kernel's Triton signature at a decode step (bf16 activations and conv state, fp32 state)
+SIGNATURE = {"x": "*bf16", "conv_w": "*bf16", "conv_state": "*bf16", "a": "*bf16", "b": "*bf16", "A_log": "*fp32",
+             "dt_bias": "*fp32", "state": "*fp32", "qsl": "*i32", "idx": "*i32", "out": "*bf16", "stride_x": "i32",
+             "stride_w": "i32", "stride_cs": "i32", "stride_cd": "i32", "stride_cl": "i32", "stride_a": "i32",
+             "stride_ah": "i32", "stride_b": "i32", "stride_bh": "i32", "stride_idx": "i32", "scale": "fp32",
+             "T": "i32", "N": "i32"}
+
+
+def test_knob_parses_and_names_bad_values(monkeypatch):
+    dev = torch.device("cpu")
+    monkeypatch.setenv("GDN_FX_CORE_TMA", "64,4,2,2,1")
+    assert decode_tma.config(128, 128, 8, 32, dev) == (64, 4, 2, 2, 1)
+    monkeypatch.setenv("GDN_FX_CORE_TMA", "0")
+    assert decode_tma.config(128, 128, 8, 32, dev) == decode_tma.OFF
+    for bad in ("64,4,2,2", "64,4,0,2,1", "64,4,2,2,3"):
+        monkeypatch.setenv("GDN_FX_CORE_TMA", bad)
+        with pytest.raises(ValueError, match="GDN_FX_CORE_TMA"):
+            decode_tma.config(128, 128, 8, 32, dev)
+    monkeypatch.delenv("GDN_FX_CORE_TMA")
+    assert decode_tma.config(128, 128, 8, 32, dev) == decode_tma.OFF  # no table off cuda: the Triton kernel
+
+
+def test_never_applies_off_cuda():
+    x = torch.zeros(2, 16)
+    assert not decode_tma.available(x.device)
+    assert not decode_tma.supports(x, torch.zeros(16, 4), torch.zeros(4, 16, 3), torch.zeros(4, 2, 16, 16),
+                                   torch.zeros(2, 1, dtype=torch.int32), (16, 4, 2, 1, 0))
+
+
+def test_candidates_fit_shared_memory():
+    for DK, DV in ((128, 128), (128, 96), (64, 192)):
+        cands = sweep.candidates("core_decode_tma", (DK, DV))
+        assert cands[0] == decode_tma.OFF and len(cands) > 8
+        for BV, w, nb, c, wc in cands[1:]:
+            assert DV % BV == 0 and nb * c * DK * BV * 4 <= 220 << 10 and (not wc or BV >= 4 * w)
+
+
+def _compile(cfg, R=2, DK=128, DV=128, pdl=2):
+    from tests.ptx import compile_sm90
+
+    BV, warps, nbuf, _, wc = cfg
+    gl = pytest.importorskip("triton.experimental.gluon.language")
+    import triton
+
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    CL = min(32, BV // (4 * warps) if wc else BV // 4)
+    const = dict(NK=16, NV=16 * R, DK=DK, DV=DV, BV=BV, HAS_BIAS=False, NEG=False, BZ=1, NBUF=nbuf, RL=32 // CL, CL=CL,
+                 WC=bool(wc), TP=triton.next_power_of_2(R * DV // BV), RP=triton.next_power_of_2(R), PDL=pdl,
+                 conv_b=None, stride_cl=1, stride_ah=1, stride_bh=1)
+    sig = SIGNATURE | {"desc": f"tensordesc<fp32[{DK}, {BV}],{layout!r}>"}
+    try:
+        return compile_sm90(decode_tma._core_decode_tma_kernel, sig, const,
+                            {"x", "state", "out", "stride_x", "conv_state", "stride_cs"}, warps, gluon=True)
+    except Exception as e:  # a Triton without the NVIDIA backend, its tools, or Gluon
+        pytest.skip(f"cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}")
+
+
+def _shipped():
+    """The distinct kernels (a config less its programs an SM) of the measured tables, and two more."""
+    from gdn_fx.tuning import measured
+
+    cfgs = {tuple(c) for dev in measured.TABLE.values() for c in dev.get("core_decode_tma", {}).get("128x128", {}).values()
+            if tuple(c) != decode_tma.OFF}
+    return sorted({c[:3] + (1,) + c[4:] for c in cfgs} | {(32, 4, 2, 1, 0), (64, 8, 2, 1, 1)})
+
+
+@pytest.mark.skipif(decode_tma.gluon is None, reason="this Triton has no Gluon")
+@pytest.mark.parametrize("cfg", _shipped())
+def test_sm90_code_streams_the_state_through_tma(cfg):
+    """The state arrives by TMA (bulk tensor copies completing on mbarriers) and leaves by 16-byte stores;
+    the PDL wait comes before any global access; no shipped configuration spills."""
+    from tests.ptx import resource_usage
+
+    c = _compile(cfg)
+    ptx = c.asm["ptx"]
+    assert "cp.async.bulk.tensor.2d" in ptx and "mbarrier.try_wait" in ptx and "st.global.v4" in ptx
+    body = ptx[ptx.index("griddepcontrol.wait"):]
+    assert not any(op in ptx[: ptx.index("griddepcontrol.wait")] for op in ("ld.global", "st.global", "cp.async"))
+    assert "griddepcontrol.launch_dependents" in body
+    assert resource_usage(c).get("STACK", 0) == 0, resource_usage(c)
+    assert "griddepcontrol" not in _compile(cfg, pdl=0).asm["ptx"]
+
+
+def _case(N, NK, R, DK, DV, g, bias=False, empty=False):
+    """A decode batch of N one-token sequences (one NULL_SLOT, an empty one if ``empty``, two rows past the
+    end) over views of wider buffers, as the layers pass them."""
+    from gdn_fx import NULL_SLOT
+
+    NV, W = NK * R, 4
+    D = 2 * NK * DK + NV * DV
+    rnd = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    S = 2 * N + 3
+    slots = torch.randperm(S, device="cuda", generator=g)[:N].to(torch.int32)
+    slots[min(2, N - 1)] = NULL_SLOT
+    lens = torch.ones(N, dtype=torch.int32)
+    if empty:
+        lens[N // 2] = 0
+    qsl = torch.cat([torch.zeros(1, dtype=torch.int32), lens.cumsum(0).to(torch.int32)]).cuda()
+    T = int(lens.sum()) + 2
+    x = rnd(T, D + 40).bfloat16()[:, 8 : 8 + D]
+    ab = rnd(T, 2 * NV).bfloat16()
+    return dict(x=x, a=ab[:, NV:], b=ab[:, :NV], w=(0.5 * rnd(D, W)).bfloat16(), cb=rnd(D).bfloat16() if bias else None,
+                A_log=rnd(NV), dt=rnd(NV), conv=rnd(S, D, W - 1).bfloat16(), ssm=0.1 * rnd(S, NV, DK, DV), qsl=qsl,
+                idx=slots.view(N, 1), acc=torch.ones(N, device="cuda", dtype=torch.int32), NK=NK, DK=DK, DV=DV, NV=NV,
+                T=T, N=N)
+
+
+def _two_ops(c):
+    from gdn_fx.ops.conv1d.triton_kernel import causal_conv1d_decode_triton
+    from gdn_fx.ops.decode.triton_kernel import fused_recurrent_decode_triton
+
+    conv, ssm = c["conv"].clone(), c["ssm"].clone()
+    N = c["N"]
+    T0 = int(c["qsl"][-1])
+    y = causal_conv1d_decode_triton(c["x"][:T0], c["w"], c["cb"], conv, c["qsl"], c["idx"][:, 0], c["acc"], True)
+    out = torch.zeros(c["T"], c["NV"], c["DV"], device="cuda", dtype=torch.bfloat16)
+    fused_recurrent_decode_triton(y, c["a"][:T0], c["b"][:T0], c["A_log"], c["dt"], ssm, c["qsl"], c["idx"], c["acc"],
+                                  c["NK"], c["DK"], c["DK"] ** -0.5, False, out=out[:T0])
+    assert N == c["qsl"].shape[0] - 1
+    return out, conv, ssm
+
+
+def _dispatch(c, conv, ssm, out):
+    """The core decode as the core op calls it: the configuration from GDN_FX_CORE_TMA (or the table)."""
+    from gdn_fx.ops.core.decode_kernel import core_decode_triton
+
+    core_decode_triton(c["x"], c["a"], c["b"], c["w"], c["cb"], c["A_log"], c["dt"], conv, ssm, c["qsl"], c["idx"],
+                       c["acc"], c["NK"], c["DK"], c["DK"] ** -0.5, False, out)
+    return out
+
+
+def _check(c, want, cfg, monkeypatch, graph=False):
+    monkeypatch.setenv("GDN_FX_CORE_TMA", ",".join(map(str, cfg)))
+    conv, ssm = c["conv"].clone(), c["ssm"].clone()
+    out = torch.full((c["T"], c["NV"], c["DV"]), float("nan"), device="cuda", dtype=torch.bfloat16)
+    if graph:  # captured with other inputs, replayed on these: nothing of the batch's values is baked in
+        from gdn_fx.tuning.timing import capture
+
+        keep = {k: c[k].clone() for k in ("x", "conv", "ssm")}
+        c["x"].normal_()
+        g, _ = capture(lambda: _dispatch(c, conv, ssm, out))
+        c["x"].copy_(keep["x"])
+        conv.copy_(keep["conv"])
+        ssm.copy_(keep["ssm"])
+        out.fill_(float("nan"))
+        g.replay()
+    else:
+        _dispatch(c, conv, ssm, out)
+    torch.cuda.synchronize()
+    tag = f"cfg={cfg} N={c['N']} DK={c['DK']} DV={c['DV']} R={c['NV'] // c['NK']}"
+    torch.testing.assert_close(out.float(), want[0].float(), rtol=2e-2, atol=2e-2, msg=lambda m: f"{tag}: {m}")
+    assert torch.equal(conv, want[1]), f"{tag}: the conv state (data movement) differs"
+    torch.testing.assert_close(ssm, want[2], rtol=1e-4, atol=1e-5, msg=lambda m: f"{tag} ssm: {m}")
+
+
+def _needs_tma():
+    if not torch.cuda.is_available() or not decode_tma.available(torch.device("cuda")):
+        pytest.skip("needs an sm_90+ GPU and Triton's Gluon")
+
+
+@pytest.mark.gpu
+def test_every_candidate_at_qwen3_next_dims(monkeypatch):
+    """Every configuration the tuner may pick, 300 sequences (several items a program, the ring wrapping)."""
+    _needs_tma()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    c = _case(300, 16, 2, 128, 128, g, empty=True)
+    want = _two_ops(c)
+    for cfg in sweep.candidates("core_decode_tma", (128, 128))[1:]:
+        _check(c, want, cfg, monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N,NK,R,DK,DV,bias", [(5, 2, 1, 64, 128, False), (7, 2, 2, 128, 128, True),
+                                               (9, 2, 3, 128, 96, False), (6, 1, 4, 128, 192, True),
+                                               (4, 1, 8, 128, 128, False), (63, 4, 2, 128, 128, True)])
+def test_odd_sizes_and_head_ratios(N, NK, R, DK, DV, bias, monkeypatch):
+    _needs_tma()
+    g = torch.Generator(device="cuda").manual_seed(N)
+    c = _case(N, NK, R, DK, DV, g, bias=bias, empty=N > 5)
+    want = _two_ops(c)
+    cands = sweep.candidates("core_decode_tma", (DK, DV))[1:]
+    for cfg in [cf for cf in cands if cf[1:] in ((4, 2, 2, 1), (4, 3, 1, 0), (8, 2, 2, 0))]:
+        _check(c, want, cfg, monkeypatch)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay(monkeypatch):
+    _needs_tma()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    c = _case(40, 4, 2, 128, 128, g)
+    want = _two_ops(c)
+    _check(c, want, (64, 4, 2, 2, 1), monkeypatch, graph=True)
+
+
+@pytest.mark.gpu
+def test_unsupported_batches_take_the_triton_kernel(monkeypatch):
+    """A BV that does not divide DV: the dispatch runs the Triton kernel; the ones that do, this one."""
+    _needs_tma()
+    g = torch.Generator(device="cuda").manual_seed(2)
+    c = _case(5, 2, 2, 128, 96, g)
+    want = _two_ops(c)
+    _check(c, want, (64, 4, 2, 2, 0), monkeypatch)  # 96 % 64: not this kernel's, still right
+    for cfg in itertools.islice(sweep.candidates("core_decode_tma", (128, 96))[1:], 2):
+        _check(c, want, cfg, monkeypatch)
