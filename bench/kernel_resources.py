@@ -25,15 +25,9 @@ from gdn_fx.ops import pdl  # noqa: E402
 from gdn_fx.ops.core import decode_kernel as dk  # noqa: E402
 from gdn_fx.ops.linear import triton_kernel as lk  # noqa: E402
 from gdn_fx.tuning import measured  # noqa: E402
-from tests.ptx import compile_sm90, resource_usage  # noqa: E402
+from tests.ptx import CORE_SIGNATURE, GEMM_SIGNATURE, compile_sm90, resource_usage  # noqa: E402
 
 NK, NV, DK, DV, W = 16, 32, 128, 128, 4
-# Triton types of the kernels' non-constexpr arguments (tests/test_pdl.py compiles the same kernels)
-CORE_SIGNATURE = {n: "*bf16" for n in ("x", "conv_w", "conv_b", "conv_state", "a", "b", "out")} | {
-    n: "*fp32" for n in ("A_log", "dt_bias", "state")} | {n: "*i32" for n in ("qsl", "idx", "acc", "counters")} | {
-    n: "i32" for n in dk._core_decode_kernel.arg_names if n.startswith("stride") or n in ("T", "N", "num_slots")} | {"scale": "fp32"}
-GEMM_SIGNATURE = {n: "*bf16" for n in ("x", "w", "y", "z", "nw")} | {"part": "*fp32", "counters": "*i32", "eps": "fp32"} | {
-    n: "i32" for n in ("M", "N", "K", "sxm", "sxk", "swn", "sym", "sx1", "sz0", "sz1", "sz2")}
 
 
 def programs_per_sm(regs: int, warps: int, shared: int) -> int:

@@ -6,6 +6,16 @@ import tempfile
 
 import pytest
 
+# Triton types of the decode step's kernels' non-constexpr arguments (bf16 activations, fp32 state): the core
+# decode (gdn_fx/ops/core/decode_kernel.py), its TMA twin (decode_tma.py, less its descriptor) and the skinny
+# GEMM. tests/test_pdl.py, tests/test_core_decode_tma.py and bench/kernel_resources.py compile with them.
+CORE_SIGNATURE = {n: "*bf16" for n in ("x", "conv_w", "conv_b", "conv_state", "a", "b", "out")} | {
+    n: "*fp32" for n in ("A_log", "dt_bias", "state")} | {n: "*i32" for n in ("qsl", "idx", "acc", "counters")} | {
+    n: "i32" for n in ("stride_x", "stride_w", "stride_cs", "stride_cd", "stride_cl", "stride_a", "stride_ah",
+                       "stride_b", "stride_bh", "stride_idx", "T", "N", "num_slots")} | {"scale": "fp32"}
+GEMM_SIGNATURE = {n: "*bf16" for n in ("x", "w", "y", "z", "nw")} | {"part": "*fp32", "counters": "*i32", "eps": "fp32"} | {
+    n: "i32" for n in ("M", "N", "K", "sxm", "sxk", "swn", "sym", "sx1", "sz0", "sz1", "sz2")}
+
 
 def compile_sm90(kernel, signature: dict, constexprs: dict, divisible_by_16: set, num_warps: int, num_stages: int = 3,
                  gluon: bool = False):

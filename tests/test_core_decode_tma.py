@@ -10,13 +10,10 @@ import torch
 from gdn_fx.ops.core import decode_tma
 from gdn_fx.tuning import sweep
 
-# the kernel's Triton signature at a decode step (bf16 activations and conv state, fp32 state)
-SIGNATURE = {"x": "*bf16", "conv_w": "*bf16", "conv_state": "*bf16", "a": "*bf16", "b": "*bf16", "A_log": "*fp32",
-             "dt_bias": "*fp32", "state": "*fp32", "qsl": "*i32", "idx": "*i32", "out": "*bf16", "stride_x": "i32",
-             "stride_w": "i32", "stride_cs": "i32", "stride_cd": "i32", "stride_cl": "i32", "stride_a": "i32",
-             "stride_ah": "i32", "stride_b": "i32", "stride_bh": "i32", "stride_idx": "i32", "scale": "fp32",
-             "T": "i32", "N": "i32"}
+from tests.ptx import CORE_SIGNATURE
 
+# the kernel's Triton signature at a decode step: the Triton kernel's (tests/ptx.py), its tensor descriptor apart
+SIGNATURE = CORE_SIGNATURE
 
 def test_knob_parses_and_names_bad_values(monkeypatch):
     dev = torch.device("cpu")
@@ -24,7 +21,7 @@ def test_knob_parses_and_names_bad_values(monkeypatch):
     assert decode_tma.config(128, 128, 8, 32, dev) == (64, 4, 2, 2, 1)
     monkeypatch.setenv("GDN_FX_CORE_TMA", "0")
     assert decode_tma.config(128, 128, 8, 32, dev) == decode_tma.OFF
-    for bad in ("64,4,2,2", "64,4,0,2,1", "64,4,2,2,3"):
+    for bad in ("64,4,2,2", "64,4,0,2,1", "64,4,2,2,3", "64,four,2,2,1", ""):
         monkeypatch.setenv("GDN_FX_CORE_TMA", bad)
         with pytest.raises(ValueError, match="GDN_FX_CORE_TMA"):
             decode_tma.config(128, 128, 8, 32, dev)

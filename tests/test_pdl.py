@@ -22,8 +22,8 @@ def _kernels():
     from gdn_fx.ops.norm_gate import triton_kernel as nk
     from gdn_fx.ops.unpack import triton_kernel as uk
 
-    from bench.kernel_resources import CORE_SIGNATURE as core
-    from bench.kernel_resources import GEMM_SIGNATURE as gemm
+    from tests.ptx import CORE_SIGNATURE as core
+    from tests.ptx import GEMM_SIGNATURE as gemm
     norm = {n: "*bf16" for n in ("x", "z", "w", "y")} | {"eps": "fp32"}
     norm |= {n: "i32" for n in ("R", "sx0", "sx1", "sx2", "sz0", "sz1", "sz2")}
     unpack = {n: "*bf16" for n in uk._unpack_kernel.arg_names if n[0] in "so" and n[1:].isdigit()}

@@ -2,7 +2,8 @@
 
 Each fused Triton kernel (``core_decode``, ``norm_gate``, ``unpack``, ``linear``) asks ``lookup`` for
 its configuration with its problem dimensions and a size (sequences for the decode, rows for the
-others; ``linear`` also learns there whether ATen is faster at that size). The size is rounded up to a power-of-two bucket, and the answer comes from, in order:
+others; ``linear`` also learns there whether ATen is faster at that size, and the core decode from
+``core_decode_tma`` whether its TMA kernel is faster). The size is rounded up to a power-of-two bucket, and the answer comes from, in order:
 
 1. the file named by ``GDN_FX_TUNING`` (written by ``python -m gdn_fx tune --out FILE`` on the
    GPU it is for), read once on the first lookup;

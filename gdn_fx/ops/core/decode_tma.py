@@ -280,7 +280,11 @@ if gluon is not None:
 def available(device: torch.device) -> bool:
     """Gluon importable, an sm_90+ NVIDIA GPU, not the Triton interpreter."""
     return (gluon is not None and device.type == "cuda" and not torch.version.hip
-            and os.environ.get("TRITON_INTERPRET") != "1" and _capability(device.index or 0) >= 9)
+            and os.environ.get("TRITON_INTERPRET") != "1" and _capability(_index(device)) >= 9)
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @functools.cache
@@ -317,7 +321,10 @@ def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int
     if env is not None:
         if env == "0":
             return OFF
-        v = tuple(int(c) for c in env.split(","))
+        try:
+            v = tuple(int(c) for c in env.split(","))
+        except ValueError:
+            v = ()
         if len(v) != 5 or min(v[:4]) <= 0 or v[4] not in (0, 1):
             raise ValueError(f"GDN_FX_CORE_TMA={env!r}: expected 0 or BV,num_warps,buffers,ctas,wc (positive ints, "
                              f"wc 0 or 1)")
@@ -333,7 +340,7 @@ def core_decode_tma(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state,
     S, NV, DK, DV = ssm_state.shape
     BV = cfg[0]
     grid, const, layout = _plan(T, N, num_k_heads, NV, DK, DV, cfg, conv_bias is not None, allow_neg_eigval, pdl_mode,
-                                x.device.index or 0)
+                                _index(x.device))
     flat = ssm_state.view(S * NV * DK, DV)
     desc = TensorDescriptor(flat, [S * NV * DK, DV], [DV, 1], [DK, BV], layout)
     _core_decode_tma_kernel[grid](
