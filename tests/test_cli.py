@@ -36,7 +36,7 @@ def test_help_describes_every_option_with_its_default(cmd, capsys):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--kernels", "core_decode,nope"], ["--kernels", "nope", "core_decode, norm_gate, unpack"]),
+    (["--kernels", "core_decode,nope"], ["--kernels", "nope", "core_decode, core_decode_tma, norm_gate, unpack"]),
     (["--dims", "16,32,128"], ["--dims", "NK,NV,DK,DV"]),
     (["--dims", "3,32,128,128"], ["NV=32", "NK=3"]),
     (["--sizes", "8,x"], ["--sizes", "'8,x'", "integers"]),
