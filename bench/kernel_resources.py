@@ -1,6 +1,6 @@
 """Registers and spills of the decode step's Triton kernels, per configuration in a GPU's measured table.
 
-Compiles the core decode kernel and the skinny GEMM for sm_90 with this machine's Triton and ptxas (no GPU
+Compiles the core decode kernel, its TMA twin and the skinny GEMM for sm_90 with this machine's Triton and ptxas (no GPU
 needed) at Qwen3-Next dims, for every configuration the table holds, with the strides and alignments a
 decode step of the merged layer passes (the ones equal to 1 specialized, as a launch does), and prints
 what Triton's cuobjdump reads from each cubin: registers a thread, local-memory stack a thread (spills),
@@ -23,6 +23,7 @@ import triton  # noqa: E402
 
 from gdn_fx.ops import pdl  # noqa: E402
 from gdn_fx.ops.core import decode_kernel as dk  # noqa: E402
+from gdn_fx.ops.core import decode_tma  # noqa: E402
 from gdn_fx.ops.linear import triton_kernel as lk  # noqa: E402
 from gdn_fx.tuning import measured  # noqa: E402
 from tests.ptx import CORE_SIGNATURE, GEMM_SIGNATURE, compile_sm90, resource_usage  # noqa: E402
@@ -57,6 +58,18 @@ def core_decode(BV: int, warps: int, tpp: int):
             f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}")
 
 
+def core_decode_tma(cfg: tuple):
+    """The same step through the TMA kernel (``gdn_fx/ops/core/decode_tma.py``), config (BV, warps, buffers,
+    programs an SM, wc); its shared memory is the ring of state tiles and the item's v conv outputs."""
+    const = decode_tma.launch_constants(1, 1, NK, NV, DK, DV, cfg, False, False, pdl.LATE)
+    ones = dict(stride_cl=1, stride_ah=1, stride_bh=1, stride_idx=1)
+    sig, aligned = _specialized(CORE_SIGNATURE, ones, {"stride_x", "stride_a", "stride_b", "stride_cs"})
+    sig["desc"] = f"tensordesc<fp32[{DK}, {cfg[0]}],{decode_tma.state_layout()!r}>"
+    return (compile_sm90(decode_tma._core_decode_tma_kernel, sig, const | ones | dict(conv_b=None), aligned, cfg[1],
+                         gluon=True),
+            f"BV={cfg[0]} warps={cfg[1]} buffers={cfg[2]} launched {cfg[3]}/SM wc={cfg[4]}")
+
+
 def skinny_gemm(N: int, K: int, M: int, cfg: tuple):
     """An [M, K] x [N, K]^T product of contiguous bf16 tensors, without the norm-gate prologue."""
     _, const = lk.launch_geometry(M, N, K, cfg)
@@ -77,6 +90,9 @@ def main():
     rows = []
     for b, (BV, warps, tpp) in sorted(table["core_decode"][f"{DK}x{DV}"].items()):
         rows.append(("core_decode", f"N*NV<={b}", warps, *core_decode(BV, warps, tpp)))
+    for b, cfg in sorted(table.get("core_decode_tma", {}).get(f"{DK}x{DV}", {}).items()):
+        if cfg != decode_tma.OFF and decode_tma.gluon is not None:
+            rows.append(("core_tma", f"N*NV<={b}", cfg[1], *core_decode_tma(cfg)))
     for dims, buckets in table["linear"].items():
         N, K = map(int, dims.split("x"))
         for b, cfg in sorted(buckets.items()):

@@ -47,19 +47,13 @@ def test_candidates_fit_shared_memory():
 def _compile(cfg, R=2, DK=128, DV=128, pdl=2):
     from tests.ptx import compile_sm90
 
-    BV, warps, nbuf, _, wc = cfg
-    gl = pytest.importorskip("triton.experimental.gluon.language")
-    import triton
-
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
-    CL = min(32, BV // (4 * warps) if wc else BV // 4)
-    const = dict(NK=16, NV=16 * R, DK=DK, DV=DV, BV=BV, HAS_BIAS=False, NEG=False, BZ=1, NBUF=nbuf, RL=32 // CL, CL=CL,
-                 WC=bool(wc), TP=triton.next_power_of_2(R * DV // BV), RP=triton.next_power_of_2(R), PDL=pdl,
-                 conv_b=None, stride_cl=1, stride_ah=1, stride_bh=1)
-    sig = SIGNATURE | {"desc": f"tensordesc<fp32[{DK}, {BV}],{layout!r}>"}
+    pytest.importorskip("triton.experimental.gluon.language")
+    const = decode_tma.launch_constants(1, 1, 16, 16 * R, DK, DV, cfg, False, False, pdl)
+    const |= dict(conv_b=None, stride_cl=1, stride_ah=1, stride_bh=1)
+    sig = SIGNATURE | {"desc": f"tensordesc<fp32[{DK}, {cfg[0]}],{decode_tma.state_layout()!r}>"}
     try:
         return compile_sm90(decode_tma._core_decode_tma_kernel, sig, const,
-                            {"x", "state", "out", "stride_x", "conv_state", "stride_cs"}, warps, gluon=True)
+                            {"x", "state", "out", "stride_x", "conv_state", "stride_cs"}, cfg[1], gluon=True)
     except Exception as e:  # a Triton without the NVIDIA backend, its tools, or Gluon
         pytest.skip(f"cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}")
 

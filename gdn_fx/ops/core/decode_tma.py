@@ -356,14 +356,25 @@ def _plan(T, N, NK, NV, DK, DV, cfg, has_bias, neg, pdl_mode, index):
     """(grid, the launch's keyword arguments, the shared-memory layout), once per batch shape and setting."""
     from gdn_fx.ops import pdl
 
-    BV, num_warps, nbuf, ctas, wc = cfg
-    CL = min(32, BV // (4 * num_warps) if wc else BV // 4)  # lanes over a warp's columns, 4 columns a lane
-    R = NV // NK
     # as few programs as keep the most items a program has: every program then gets as many (no tail)
     items = N * NK
-    grid = (triton.cdiv(items, triton.cdiv(items, _sms(index) * ctas)),)
-    const = dict(NK=NK, NV=NV, DK=DK, DV=DV, BV=BV, HAS_BIAS=has_bias, NEG=neg,
-                 BZ=triton.next_power_of_2(triton.cdiv(T, N)), NBUF=nbuf, RL=32 // CL, CL=CL, WC=bool(wc),
-                 TP=triton.next_power_of_2(R * DV // BV), RP=triton.next_power_of_2(R), PDL=pdl_mode,
-                 num_warps=num_warps, **pdl.options(pdl_mode))
-    return grid, const, gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    grid = (triton.cdiv(items, triton.cdiv(items, _sms(index) * cfg[3])),)
+    const = launch_constants(T, N, NK, NV, DK, DV, cfg, has_bias, neg, pdl_mode)
+    return grid, dict(**const, num_warps=cfg[1], **pdl.options(pdl_mode)), state_layout()
+
+
+def launch_constants(T, N, NK, NV, DK, DV, cfg, has_bias, neg, pdl_mode) -> dict:
+    """The kernel's constexprs for config ``cfg`` (BV, num_warps, buffers, programs an SM, wc): the launcher's,
+    and those of the sm_90 compiles on any machine (tests/test_core_decode_tma.py, bench/kernel_resources.py)."""
+    BV, num_warps, nbuf, _, wc = cfg
+    CL = min(32, BV // (4 * num_warps) if wc else BV // 4)  # lanes over a warp's columns, 4 columns a lane
+    R = NV // NK
+    return dict(NK=NK, NV=NV, DK=DK, DV=DV, BV=BV, HAS_BIAS=has_bias, NEG=neg,
+                BZ=triton.next_power_of_2(triton.cdiv(T, N)), NBUF=nbuf, RL=32 // CL, CL=CL, WC=bool(wc),
+                TP=triton.next_power_of_2(R * DV // BV), RP=triton.next_power_of_2(R), PDL=pdl_mode)
+
+
+def state_layout():
+    """The shared-memory layout of a state tile (and of its TMA descriptor): unswizzled, each thread reads 16
+    contiguous bytes of a row, so a quarter warp's reads stay within 128 bytes."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
