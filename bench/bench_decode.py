@@ -29,6 +29,22 @@ NK, NV, DK, DV = 16, 32, 128, 128
 BATCHES = (1, 8, 32, 256)
 
 
+def recurrence_inputs(B: int):
+    """(the generator, then x, a, b, A_log, dt_bias, the pool [2B, NV, DK, DV], slots [B, 1], query_start_loc,
+    num_accepted_tokens) of a decode batch of B one-token sequences at shuffled slots, seeded by B; the
+    generator goes on for the caller's further inputs."""
+    g = torch.Generator(device="cuda").manual_seed(B)
+    x = torch.randn(B, 2 * NK * DK + NV * DV, device="cuda", generator=g).to(torch.bfloat16)
+    a = torch.randn(B, NV, device="cuda", generator=g).to(torch.bfloat16)
+    b = torch.randn(B, NV, device="cuda", generator=g).to(torch.bfloat16)
+    A_log, dt_bias = torch.randn(NV, device="cuda", generator=g), torch.randn(NV, device="cuda", generator=g)
+    pool = torch.randn(2 * B, NV, DK, DV, device="cuda", generator=g) * 0.1
+    slots = torch.randperm(2 * B, device="cuda", generator=g)[:B].to(torch.int32).view(B, 1)
+    qsl = torch.arange(B + 1, device="cuda", dtype=torch.int32)
+    acc = torch.ones(B, device="cuda", dtype=torch.int32)
+    return g, x, a, b, A_log, dt_bias, pool, slots, qsl, acc
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results")
@@ -40,15 +56,7 @@ def main():
         fused_recurrent_gated_delta_rule = None
     rows = []
     for B in BATCHES:
-        g = torch.Generator(device="cuda").manual_seed(B)
-        x = torch.randn(B, 2 * NK * DK + NV * DV, device="cuda", generator=g).to(torch.bfloat16)
-        a = torch.randn(B, NV, device="cuda", generator=g).to(torch.bfloat16)
-        b = torch.randn(B, NV, device="cuda", generator=g).to(torch.bfloat16)
-        A_log, dt_bias = torch.randn(NV, device="cuda", generator=g), torch.randn(NV, device="cuda", generator=g)
-        pool = torch.randn(2 * B, NV, DK, DV, device="cuda", generator=g) * 0.1
-        slots = torch.randperm(2 * B, device="cuda", generator=g)[:B].to(torch.int32).view(B, 1)
-        qsl = torch.arange(B + 1, device="cuda", dtype=torch.int32)
-        acc = torch.ones(B, device="cuda", dtype=torch.int32)
+        g, x, a, b, A_log, dt_bias, pool, slots, qsl, acc = recurrence_inputs(B)
         floor = 2 * B * NV * DK * DV * 4 / bw
 
         def run_gdn_fx():

@@ -170,23 +170,16 @@ def main():
     args = ap.parse_args()
     if args.compile_only:
         return compile_only()
+    from bench.bench_decode import recurrence_inputs
     from bench.common import copy_bandwidth, graph_time
     from gdn_fx import ops
     bw = copy_bandwidth()
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for B in [int(s) for s in args.batches.split(",")]:
-        g = torch.Generator(device="cuda").manual_seed(B)
-        x = torch.randn(B, 2 * NK * DK + NV * DV, device="cuda", generator=g).to(torch.bfloat16)
-        a = torch.randn(B, NV, device="cuda", generator=g).to(torch.bfloat16)
-        b = torch.randn(B, NV, device="cuda", generator=g).to(torch.bfloat16)
-        A_log, dt_bias = torch.randn(NV, device="cuda", generator=g), torch.randn(NV, device="cuda", generator=g)
-        pool = torch.randn(2 * B, NV, DK, DV, device="cuda", generator=g) * 0.1
-        slots = torch.randperm(2 * B, device="cuda", generator=g)[:B].to(torch.int32).view(B, 1)
+        _, x, a, b, A_log, dt_bias, pool, slots, qsl, acc = recurrence_inputs(B)
         if B > 2:
             slots[1, 0] = -1  # one padding row
-        qsl = torch.arange(B + 1, device="cuda", dtype=torch.int32)
-        acc = torch.ones(B, device="cuda", dtype=torch.int32)
         floor = 2 * B * NV * DK * DV * 4 / bw
         ref_pool = pool.clone()
         ref = ops.fused_recurrent_decode(x, a, b, A_log, dt_bias, ref_pool, qsl, slots, acc, num_k_heads=NK,

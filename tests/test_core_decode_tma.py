@@ -156,18 +156,18 @@ def _check(c, want, cfg, monkeypatch, graph=False):
     torch.testing.assert_close(ssm, want[2], rtol=1e-4, atol=1e-5, msg=lambda m: f"{tag} ssm: {m}")
 
 
-def _needs_tma():
+def _batch(seed, N, NK, R, DK, DV, **kw):
+    """(the batch of ``_case``, what the two-op path makes of it); skips without an sm_90+ GPU and Gluon."""
     if not torch.cuda.is_available() or not decode_tma.available(torch.device("cuda")):
         pytest.skip("needs an sm_90+ GPU and Triton's Gluon")
+    c = _case(N, NK, R, DK, DV, torch.Generator(device="cuda").manual_seed(seed), **kw)
+    return c, _two_ops(c)
 
 
 @pytest.mark.gpu
 def test_every_candidate_at_qwen3_next_dims(monkeypatch):
     """Every configuration the tuner may pick, 300 sequences (several items a program, the ring wrapping)."""
-    _needs_tma()
-    g = torch.Generator(device="cuda").manual_seed(0)
-    c = _case(300, 16, 2, 128, 128, g, empty=True)
-    want = _two_ops(c)
+    c, want = _batch(0, 300, 16, 2, 128, 128, empty=True)
     for cfg in sweep.candidates("core_decode_tma", (128, 128))[1:]:
         _check(c, want, cfg, monkeypatch)
 
@@ -177,10 +177,7 @@ def test_every_candidate_at_qwen3_next_dims(monkeypatch):
                                                (9, 2, 3, 128, 96, False), (6, 1, 4, 128, 192, True),
                                                (4, 1, 8, 128, 128, False), (63, 4, 2, 128, 128, True)])
 def test_odd_sizes_and_head_ratios(N, NK, R, DK, DV, bias, monkeypatch):
-    _needs_tma()
-    g = torch.Generator(device="cuda").manual_seed(N)
-    c = _case(N, NK, R, DK, DV, g, bias=bias, empty=N > 5)
-    want = _two_ops(c)
+    c, want = _batch(N, N, NK, R, DK, DV, bias=bias, empty=N > 5)
     cands = sweep.candidates("core_decode_tma", (DK, DV))[1:]
     for cfg in [cf for cf in cands if cf[1:] in ((4, 2, 2, 1), (4, 3, 1, 0), (8, 2, 2, 0))]:
         _check(c, want, cfg, monkeypatch)
@@ -188,20 +185,14 @@ def test_odd_sizes_and_head_ratios(N, NK, R, DK, DV, bias, monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_graph_replay(monkeypatch):
-    _needs_tma()
-    g = torch.Generator(device="cuda").manual_seed(1)
-    c = _case(40, 4, 2, 128, 128, g)
-    want = _two_ops(c)
+    c, want = _batch(1, 40, 4, 2, 128, 128)
     _check(c, want, (64, 4, 2, 2, 1), monkeypatch, graph=True)
 
 
 @pytest.mark.gpu
 def test_unsupported_batches_take_the_triton_kernel(monkeypatch):
     """A BV that does not divide DV: the dispatch runs the Triton kernel; the ones that do, this one."""
-    _needs_tma()
-    g = torch.Generator(device="cuda").manual_seed(2)
-    c = _case(5, 2, 2, 128, 96, g)
-    want = _two_ops(c)
+    c, want = _batch(2, 5, 2, 2, 128, 96)
     _check(c, want, (64, 4, 2, 2, 0), monkeypatch)  # 96 % 64: not this kernel's, still right
     for cfg in itertools.islice(sweep.candidates("core_decode_tma", (128, 96))[1:], 2):
         _check(c, want, cfg, monkeypatch)

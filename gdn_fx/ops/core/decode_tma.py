@@ -46,6 +46,8 @@ except ImportError:  # a Triton without Gluon: the Triton kernel serves every de
     gluon = None
 
 from gdn_fx import tuning
+from gdn_fx.ops.pdl import release as pdl_release
+from gdn_fx.ops.pdl import wait as pdl_wait
 
 if gluon is not None:
     # Triton 3.6 names these thread_barrier and async_copy_global_to_shared; later Tritons barrier and async_load
@@ -60,21 +62,6 @@ if gluon is not None:
             return buf.reinterpret(gl.float32, [R0, C0], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         else:
             return buf._reinterpret(gl.float32, [R0, C0], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-
-    @gluon.jit
-    def _pdl_wait(PDL: gl.constexpr):
-        """``gdn_fx.ops.pdl.wait``'s protocol: the kernel's first global access comes after it."""
-        if PDL:
-            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
-        if PDL == 1:
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
-                                      is_pure=False, pack=1)
-
-    @gluon.jit
-    def _pdl_release(PDL: gl.constexpr):
-        if PDL == 2:
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
-                                      is_pure=False, pack=1)
 
     @gluon.jit
     def _issue(j, pid, G, n_tiles, idx, stride_idx, desc, bufs, bars, NK: gl.constexpr, NV: gl.constexpr,
@@ -160,7 +147,7 @@ if gluon is not None:
         vrows = _rows_view(vbuf, TP, BV)
         for i0 in gl.static_range(NBUF):
             mbarrier.init(bars.index(i0), count=1)
-        _pdl_wait(PDL)
+        pdl_wait(PDL)  # the Triton helpers, as the Triton kernels call them
         for i1 in gl.static_range(NBUF):
             _issue(i1, pid, G, n_tiles, idx, stride_idx, desc, bufs, bars, NK, NV, DK, NVB, BV, NBUF, TPI)
         offs_v = gl.arange(0, BV, layout=LV)
@@ -272,7 +259,7 @@ if gluon is not None:
                            stride_cl)
                     _shift(conv_state, cur_slot, 2 * NK * DK + cur_hk * R * DV + cv, mv, sv1, sv2, svx, stride_cs,
                            stride_cd, stride_cl)
-        _pdl_release(PDL)
+        pdl_release(PDL)
         for i2 in gl.static_range(NBUF):
             mbarrier.invalidate(bars.index(i2))
 
