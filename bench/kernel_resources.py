@@ -46,16 +46,16 @@ def _specialized(signature: dict, ones: dict, aligned: set) -> tuple[dict, set]:
     return sig, {n for n, t in sig.items() if t.startswith("*")} | aligned
 
 
-def core_decode(BV: int, warps: int, tpp: int):
+def core_decode(BV: int, warps: int, tpp: int, hint: int = 0):
     """A decode step (one row a sequence) of the merged layer: x, a and b are column views of the projection's rows
     (a row stride of thousands, a's and b's heads 1 apart), the conv state [slots, channels, W - 1] contiguous,
     a one-column slot table."""
     _, const = dk.launch_geometry(1, 1, NK, NV, DK, DV, W, 1, BV, tpp)
     ones = dict(stride_cl=1, stride_ah=1, stride_bh=1, stride_idx=1)
     sig, aligned = _specialized(CORE_SIGNATURE, ones, {"stride_x", "stride_a", "stride_b", "stride_cs"})
-    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=True, LINE=32)
+    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=True, LINE=32, HINT=hint)
     return (compile_sm90(dk._core_decode_kernel, sig, const, aligned, warps),
-            f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}")
+            f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}" + (f" hint={dk.HINTS[hint]}" if hint else ""))
 
 
 def core_decode_tma(cfg: tuple):
@@ -88,8 +88,8 @@ def main():
     args = ap.parse_args()
     table = measured.TABLE[args.gpu]
     rows = []
-    for b, (BV, warps, tpp) in sorted(table["core_decode"][f"{DK}x{DV}"].items()):
-        rows.append(("core_decode", f"N*NV<={b}", warps, *core_decode(BV, warps, tpp)))
+    for b, cfg in sorted(table["core_decode"][f"{DK}x{DV}"].items()):
+        rows.append(("core_decode", f"N*NV<={b}", cfg[1], *core_decode(*cfg)))
     for b, cfg in sorted(table.get("core_decode_tma", {}).get(f"{DK}x{DV}", {}).items()):
         if cfg != decode_tma.OFF and decode_tma.gluon is not None:
             rows.append(("core_tma", f"N*NV<={b}", cfg[1], *core_decode_tma(cfg)))

@@ -4,6 +4,7 @@ new and continued prefills, shuffled slots, padding. Under TRITON_INTERPRET=1 on
 sizes (CI), natively on cuda at odd sizes."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -76,7 +77,8 @@ CHECK = textwrap.dedent("""
 # three whole blocks (the unmasked path; several programs per key head: the q/k conv state's
 # last-arriver update), one program per key head looping over all its tiles (no handshake), three
 # tiles a program (at ratio 3: three programs per key head, each looping), two ragged tiles a program
-@pytest.mark.parametrize("decode_config", [None, "8,1,1", "8,2,64", "8,1,3", "16,1,2"],
+# (the fourth field: the state's cache hint, decode_kernel.HINTS)
+@pytest.mark.parametrize("decode_config", [None, "8,1,1", "8,2,64,3", "8,1,3,1", "16,1,2"],
                          ids=["default", "3_value_blocks", "one_program_per_key_head", "3_tiles_per_program",
                               "ragged_tiles_looped"])
 def test_core_cuda_logic_interpreted(decode_config):
@@ -90,14 +92,42 @@ def test_core_cuda_logic_interpreted(decode_config):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("decode_config", [None, "16,2,1", "64,2,64", "128,4,2"],
-                         ids=["default", "BV16", "one_program_per_key_head", "2_tiles_per_program"])
+@pytest.mark.parametrize("decode_config", [None, "16,2,1", "64,2,64,2", "128,4,2,1", "128,4,2,3"],
+                         ids=["default", "BV16", "one_program_per_key_head", "2_tiles_per_program",
+                              "write_through"])
 def test_core_cuda_odd_sizes(decode_config):
     env = dict(os.environ, **({"GDN_FX_DECODE_CONFIG": decode_config} if decode_config else {}))
     res = subprocess.run([sys.executable, "-c", CHECK, "cuda", "full"], env=env, capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0 and "core ok" in res.stdout, res.stderr[-3000:]
     print(res.stdout)
+
+
+@pytest.mark.parametrize("hint", [0, 1, 2, 3], ids=lambda h: __import__("gdn_fx.ops.core.decode_kernel",
+                                                                            fromlist=["HINTS"]).HINTS[h])
+def test_state_cache_hints_compile_as_named(hint):
+    """Each cache hint of the core decode (the config's fourth field) reaches the state's loads and stores in the
+    sm_90 PTX, and nothing else changes: the same loads and stores, hinted."""
+    from gdn_fx.ops import pdl
+    from gdn_fx.ops.core import decode_kernel as dk
+    from tests.ptx import CORE_SIGNATURE, ptx_sm90
+
+    _, const = dk.launch_geometry(1, 1, 2, 4, 128, 128, 4, 1, 128, 2)
+    const |= dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=False, LINE=32, HINT=hint)
+    aligned = {n for n, t in CORE_SIGNATURE.items() if t.startswith("*")}
+    ptx, base = (ptx_sm90(dk._core_decode_kernel, CORE_SIGNATURE, const | {"HINT": h}, aligned, 4) for h in (hint, 0))
+    # the state tile's 16-byte accesses: [128, 128] fp32 over 128 threads, 32 loads and 32 stores a thread
+    loads, stores = (re.findall(rf"\b{op}\.global[.\w:]*\.v4\.b32", ptx) for op in ("ld", "st"))
+    assert len(loads) == len(stores) == 32
+    others = lambda p: sorted(op for op in re.findall(r"\b(?:ld|st)\.global[.\w:]*", p) if ".v4." not in op)  # noqa: E731
+    assert others(ptx) == others(base), "only the state's accesses change"
+    if hint == 1:
+        assert all(".L1::evict_last.L2::cache_hint." in op for op in loads) and "createpolicy" in ptx
+    elif hint >= 2:
+        assert all(op.startswith("ld.global.cg.") for op in loads)
+    else:
+        assert all(op == "ld.global.v4.b32" for op in loads)
+    assert all(op.startswith("st.global.wt") for op in stores) == (hint == 3) and stores
 
 
 @pytest.mark.gpu

@@ -17,9 +17,9 @@ def test_programs_per_sm():
 
 @pytest.mark.parametrize("bucket", [32, 64, 128, 256])
 def test_small_batch_core_decode_does_not_spill(bucket):
-    BV, warps, tpp = kr.measured.TABLE["NVIDIA H200"]["core_decode"][f"{kr.DK}x{kr.DV}"][bucket]
+    BV, warps, tpp, hint = kr.measured.TABLE["NVIDIA H200"]["core_decode"][f"{kr.DK}x{kr.DV}"][bucket]
     try:
-        compiled, _ = kr.core_decode(BV, warps, tpp)
+        compiled, _ = kr.core_decode(BV, warps, tpp, hint)
         use = resource_usage(compiled)
     except Exception as e:  # a Triton without the NVIDIA backend or its tools
         pytest.skip(f"cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}")

@@ -36,7 +36,7 @@ def _kernels():
               NORM_BEFORE_GATE=False, SIGMOID=False, STEPS=4, PREFETCH=1, LINE=64), 4),
         ("core decode", dk._core_decode_kernel, core,
          dict(NK=2, NV=4, DK=128, DV=128, BK=128, BV=64, S=1, W=4, KP=4, LP=1, HAS_BIAS=False, NEG=False, BZ=1,
-              EVEN=True, TPP=2, PREFETCH=True, LINE=32), 2),
+              EVEN=True, TPP=2, PREFETCH=True, LINE=32, HINT=0), 2),
         ("norm-gate", nk._norm_gate_kernel, norm,
          dict(G=32, GS=128, DX=128, DZ=128, DW=128, NORM_BEFORE_GATE=False, SIGMOID=False, BLOCK_R=4, BLOCK_D=128,
               IDX64=False), 4),

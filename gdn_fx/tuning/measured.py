@@ -2,7 +2,8 @@
 
 TABLE[device name][kernel][dims][bucket] = config, where dims and the size that picks the bucket are
 those of ``gdn_fx.tuning.sweep``:
-- core_decode: dims "DKxDV", size sequences x value heads, config (BV, num_warps, tiles per program);
+- core_decode: dims "DKxDV", size sequences x value heads, config (BV, num_warps, tiles per program,
+  the state's cache hint: an index of decode_kernel.HINTS);
 - core_decode_tma: as core_decode, config (BV, num_warps, ring buffers, programs an SM, warps over columns),
   all zeros for "the Triton kernel (core_decode's config) is as fast or faster";
 - norm_gate: dims "group size", size rows (tokens x groups), config (block_r, num_warps);
@@ -23,9 +24,11 @@ holds the one that measured fastest.
 TABLE: dict = {
     "NVIDIA H200": {
         "core_decode": {
-            "128x128": {32: (32, 4, 1), 64: (64, 4, 1), 128: (64, 2, 1), 256: (64, 2, 1), 512: (128, 4, 64),
-                        1024: (64, 2, 64), 2048: (128, 4, 64), 4096: (128, 4, 64), 8192: (128, 4, 2),
-                        16384: (128, 4, 64)},
+            # 2026-12-01, session 11: with the state's cache hints (tuning_core_hint_h200.json); from 8 to 64
+            # sequences the TMA kernel serves the batch (below)
+            "128x128": {32: (32, 4, 1, 0), 64: (64, 4, 1, 0), 128: (64, 2, 1, 0), 256: (128, 4, 64, 2),
+                        512: (128, 4, 64, 2), 1024: (64, 2, 64, 2), 2048: (128, 4, 64, 2), 4096: (128, 4, 64, 3),
+                        8192: (128, 4, 2, 1), 16384: (128, 4, 2, 1)},
         },
         "core_decode_tma": {  # 2026-12-01, session 10 (tuning_core_tma_h200.json): from B = 8 to 64 sequences
             "128x128": {32: (0, 0, 0, 0, 0), 256: (64, 4, 2, 1, 1), 512: (64, 4, 2, 2, 1), 1024: (64, 4, 3, 2, 1),

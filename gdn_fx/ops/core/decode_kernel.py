@@ -20,6 +20,8 @@ reductions; no program ever waits, so there is no deadlock). The counters are
 Whole tiles (BK = DK, BV dividing DV) load and store unmasked under scalar branches, and without
 speculative columns (one slot column) the state's slot is known without reading
 ``num_accepted_tokens``: both keep registers and dependent loads down (measured in bench/README.md).
+Their state loads and stores carry the cache hint the table names (``HINT``): at 128-256 sequences on the
+H200 keeping the loaded lines in L2 until the tile's store, or loading them past L1, took 1-2 % off.
 
 Under programmatic dependent launch (``gdn_fx.ops.pdl``) and from large batches (``state_prefetch``), a
 program asks L2 for its first state tile before it waits for the kernel before.
@@ -100,7 +102,7 @@ def _core_decode_kernel(
     NK: tl.constexpr, NV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     S: tl.constexpr, W: tl.constexpr, KP: tl.constexpr, LP: tl.constexpr, HAS_BIAS: tl.constexpr,
     NEG: tl.constexpr, BZ: tl.constexpr, EVEN: tl.constexpr,
-    TPP: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
+    TPP: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr, HINT: tl.constexpr,
 ):
     i_p = tl.program_id(0)
     i_hk = tl.program_id(1)
@@ -155,8 +157,14 @@ def _core_decode_kernel(
         p_state = offs_k[:, None] * DV + offs_v[None, :] + i_hv * DK * DV
         if EVEN:  # whole tiles: unmasked (vector) state loads and stores under scalar branches
             A, bias = head_gates(A_log, dt_bias, i_hv)
-            if live:
-                h = tl.load(state + read.to(tl.int64) * (NV * DK * DV) + p_state).to(tl.float32)
+            if live:  # the cache hints of HINTS
+                p_read = state + read.to(tl.int64) * (NV * DK * DV) + p_state
+                if HINT == 1:
+                    h = tl.load(p_read, eviction_policy="evict_last").to(tl.float32)
+                elif HINT >= 2:
+                    h = tl.load(p_read, cache_modifier=".cg").to(tl.float32)
+                else:
+                    h = tl.load(p_read).to(tl.float32)
             else:
                 h = tl.zeros([BK, BV], dtype=tl.float32)
         else:
@@ -185,7 +193,11 @@ def _core_decode_kernel(
                 if EVEN:
                     tl.store(out + t * NV * DV + i_hv * DV + offs_v, o_t.to(out.dtype.element_ty))
                     if live & (slot >= 0):
-                        tl.store(state + slot.to(tl.int64) * (NV * DK * DV) + p_state, h.to(state.dtype.element_ty))
+                        p_write = state + slot.to(tl.int64) * (NV * DK * DV) + p_state
+                        if HINT == 3:
+                            tl.store(p_write, h.to(state.dtype.element_ty), cache_modifier=".wt")
+                        else:
+                            tl.store(p_write, h.to(state.dtype.element_ty))
                 else:
                     tl.store(out + t * NV * DV + i_hv * DV + offs_v, o_t.to(out.dtype.element_ty), mask=offs_v < DV)
                     slot_dk = tl.where(slot >= 0, live_dk, 0)
@@ -219,6 +231,13 @@ def _core_decode_kernel(
                     tl.atomic_xchg(counter, 0, sem="relaxed")
 
 
+# The cache hints of whole-tile state loads and stores (the config's fourth field): none; loads keep their lines
+# in L2 (evict_last) until the tile's store writes them; loads skip L1 (.cg); .cg loads and write-through
+# (.wt) stores. Measured, not reasoned: on the H200 at 256 sequences evict_last took 283.7 to 280.0 us and
+# .cg to 281.3, at 128 .cg + .wt took 148.2 to 144.5, and evict_first (not offered) cost 2-3 %
+# (bench/README.md, part 11).
+HINTS = ("none", "evict_last", "cg", "cg_wt")
+
 PREFETCH_FROM = 8192  # sequences x value heads from which the state prefetch is on by default (below)
 
 
@@ -249,25 +268,38 @@ def supports(x, conv_weight, conv_state, ssm_state, state_indices) -> bool:
             and conv_state.shape[2] >= W - 2 + state_indices.shape[1] and W >= 2)
 
 
-def default_config(DK: int, DV: int) -> tuple[int, int, int]:
-    """(BV, num_warps, tiles per program) where no measured table has an entry: the H200's choice for
+def default_config(DK: int, DV: int) -> tuple[int, int, int, int]:
+    """(BV, num_warps, tiles per program, hint) where no measured table has an entry: the H200's choice for
     Qwen3-Next dims at most batches (``measured.py``), a [next_pow2(DK), 64] fp32 state tile over 2
-    warps, scaled to keep the tile's size for other head dims."""
+    warps, scaled to keep the tile's size for other head dims, no cache hint."""
     BK = triton.next_power_of_2(DK)
-    return min(triton.next_power_of_2(DV), max(16, 8192 // BK)), 2, 1
+    return min(triton.next_power_of_2(DV), max(16, 8192 // BK)), 2, 1, 0
 
 
-def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int, int, int]:
-    """(BV, num_warps, tiles per program): the value columns of a state tile, the warps, and how many
+def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int, int, int, int]:
+    """(BV, num_warps, tiles per program, hint): the value columns of a state tile, the warps, how many
     of a key head's tiles (value heads x column blocks) one program takes in turn (all of them: no
-    cross-program handshake for the q/k conv state). From the table measured on this GPU for N x NV
-    (sequence, value head) pairs (``gdn_fx.tuning``); ``GDN_FX_DECODE_CONFIG=BV,num_warps[,tiles]``
-    overrides it (tests, sweeps)."""
+    cross-program handshake for the q/k conv state), and the state's cache hint (an index of ``HINTS``;
+    0 where a table entry has three fields). From the table measured on this GPU for N x NV (sequence,
+    value head) pairs (``gdn_fx.tuning``); ``GDN_FX_DECODE_CONFIG=BV,num_warps[,tiles[,hint]]`` overrides
+    it (tests, sweeps)."""
     override = os.environ.get("GDN_FX_DECODE_CONFIG")
     if override:
-        v = [int(c) for c in override.split(",")]
-        return v[0], v[1], v[2] if len(v) > 2 else 1
-    return tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV))
+        try:
+            v = tuple(int(c) for c in override.split(","))
+            return _full(v[:2] + (v[2:] or (1,)))
+        except ValueError as e:
+            raise ValueError(f"GDN_FX_DECODE_CONFIG={override!r}: expected BV,num_warps[,tiles[,hint]] ({e})") from None
+    return _full(tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV)))
+
+
+def _full(cfg: tuple) -> tuple[int, int, int, int]:
+    """A config of 3 or 4 fields as 4 (no hint: 0), checked."""
+    cfg = tuple(cfg) + (0,) * (4 - len(cfg))
+    if len(cfg) != 4 or not 0 <= cfg[3] < len(HINTS):
+        raise ValueError(f"core decode config {cfg}: expected (BV, num_warps, tiles per program[, hint 0-"
+                         f"{len(HINTS) - 1}])")
+    return cfg
 
 
 def launch_geometry(T: int, N: int, NK: int, NV: int, DK: int, DV: int, W: int, S: int, BV: int,
@@ -287,9 +319,9 @@ def launch_geometry(T: int, N: int, NK: int, NV: int, DK: int, DV: int, W: int, 
 
 def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, query_start_loc,
                        state_indices, num_accepted_tokens, num_k_heads, head_k_dim, scale, allow_neg_eigval, out,
-                       cfg: tuple[int, int, int] | None = None):
+                       cfg: tuple | None = None):
     """x: [T, 2*NK*DK + NV*DV] pre-conv; out: [T, NV, DV] contiguous, every row written. One launch.
-    ``cfg`` = (BV, num_warps, tiles per program) overrides ``config`` (the tuner)."""
+    ``cfg`` = (BV, num_warps, tiles per program[, hint]) overrides ``config`` (the tuner)."""
     T = x.shape[0]
     N = query_start_loc.shape[0] - 1
     NV, DK, DV = ssm_state.shape[1:]
@@ -305,7 +337,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
                                               query_start_loc, state_indices, num_k_heads, scale, allow_neg_eigval,
                                               out, tcfg, m)
     grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
-                         tuple(cfg or config(DK, DV, N, NV, x.device)), conv_bias is not None, allow_neg_eigval, m,
+                         _full(cfg) if cfg else config(DK, DV, N, NV, x.device), conv_bias is not None, allow_neg_eigval, m,
                          state_prefetch(m, N * NV), ssm_state.element_size())
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
@@ -321,7 +353,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
 def _plan(T, N, NK, NV, DK, DV, W, S, cfg, has_bias, neg, m, prefetch, elem):
     """(grid, the launch's keyword arguments), built once per batch shape and setting: a decode step pays one
     cached lookup for them."""
-    BV, num_warps, tpp = cfg
+    BV, num_warps, tpp, hint = cfg
     grid, const = launch_geometry(T, N, NK, NV, DK, DV, W, S, BV, tpp)
     return grid, dict(**const, HAS_BIAS=has_bias, NEG=neg, num_warps=num_warps, PDL=m, PREFETCH=prefetch,
-                      LINE=128 // elem, **pdl.options(m))
+                      LINE=128 // elem, HINT=hint, **pdl.options(m))
