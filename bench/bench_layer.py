@@ -181,7 +181,7 @@ def main():
                     step()
                     torch.cuda.synchronize()
                     first = time.perf_counter() - t0
-                    stats = kernel_stats(step)
+                    stats = kernel_stats(step, reps=7 if kind == "decode" else 1)
                     t = None if kind == "decode" else event_time(step, inner=3)
                     host = host_time(step, inner=3)  # CPU time to issue one call outside a graph
                 except Exception as e:  # a variant that fails is reported, not fatal

@@ -72,15 +72,23 @@ def kernel_names(fn) -> list[str]:
     return [name for name, _ in kernel_stats(fn)]
 
 
-def kernel_stats(fn) -> list[tuple[str, float]]:
-    """(name, microseconds) of each kernel (and copy) one call of ``fn`` runs on the GPU."""
+def kernel_stats(fn, reps: int = 1) -> list[tuple[str, float]]:
+    """(name, microseconds) of each kernel (and copy) one call of ``fn`` runs on the GPU: with ``reps`` > 1 the
+    median of each kernel's time over ``reps`` profiled calls (one call's kernel time drifts by about 1 %)."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
+        for _ in range(reps):
+            fn()
         torch.cuda.synchronize()
-    return [(e.name, e.time_range.elapsed_us()) for e in prof.events()
-            if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)
+    k = len(events) // reps
+    calls = [events[i * k:(i + 1) * k] for i in range(reps)]
+    if len(events) % reps or any([e.name for e in c] != [e.name for e in calls[0]] for c in calls):
+        print(f"kernel_stats: the {reps} calls ran different kernels; profiling one")
+        return kernel_stats(fn)
+    return [(e.name, statistics.median(c[i].time_range.elapsed_us() for c in calls)) for i, e in enumerate(calls[0])]
 
 
 def device_info() -> dict:
