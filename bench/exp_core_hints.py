@@ -1,9 +1,10 @@
 """Experiment: cache hints on the core decode's state loads and stores (Triton kernel), and an ncu target.
 
-  python bench/exp_core_hints.py hints --batches 256,128,32,8,1 --variants base,ld_cg,ld_el,ld_el_st_el,ld_cg_st_wt,ld_cv
+  python bench/exp_core_hints.py hints --batches 256,128,32,8,1 \
+      --variants base,ld_cg,ld_el,ld_el_st_el,ld_cg_st_wt,ld_cv
       each variant is decode_kernel.py with the whole-tile state load / store rewritten to carry a hint (written
-      to exp_core_hints_<name>.py beside this script's output and imported), checked bit for bit against the
-      shipped kernel, then timed in 7 interleaved rounds with an in-place multiply over the same bytes (the
+      to exp_core_hints_<name>.py in a temporary folder and imported), checked bit for bit against the first
+      variant, then timed in 7 interleaved rounds with an in-place multiply over the same bytes (the
       ceiling). Run with GDN_FX_CORE_TMA=0 so that the Triton kernel serves every batch.
   python bench/exp_core_hints.py tma_vs --batches 32,64,128
       the table's choice (the TMA kernel from 8 to 64 sequences) against the Triton kernel at its table

@@ -55,7 +55,8 @@ def core_decode(BV: int, warps: int, tpp: int, hint: int = 0):
     sig, aligned = _specialized(CORE_SIGNATURE, ones, {"stride_x", "stride_a", "stride_b", "stride_cs"})
     const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=True, LINE=32, HINT=hint)
     return (compile_sm90(dk._core_decode_kernel, sig, const, aligned, warps),
-            f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}" + (f" hint={dk.HINTS[hint]}" if hint else ""))
+            f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}"
+            + (f" hint={dk.HINTS[hint]}" if hint else ""))
 
 
 def core_decode_tma(cfg: tuple):

@@ -33,11 +33,12 @@ def gemm_block_m(M: int) -> int:
 
 def candidates(kernel: str, dims: tuple) -> list[tuple]:
     """The search space of ``kernel`` for ``dims`` (every entry is exercised by the kernel's tests)."""
-    if kernel == "core_decode":  # (BV, num_warps, tiles per program, cache hint); the hints only on the
-        bvs = [bv for bv in (16, 32, 64, 128) if bv <= max(16, 1 << (dims[1] - 1).bit_length())]  # large tiles,
-        tiles = list(itertools.product(bvs, (1, 2, 4), (1, 2, 64)))  # which the large batches take
-        return [(*t, 0) for t in tiles] + [(*t, h) for t, h in itertools.product(tiles, (1, 2, 3))
-                                           if t[0] >= 64 and 2 <= t[1] and t[0] // t[1] <= 32 and t[2] > 1]
+    if kernel == "core_decode":  # (BV, num_warps, tiles per program, cache hint: decode_kernel.HINTS)
+        bvs = [bv for bv in (16, 32, 64, 128) if bv <= max(16, 1 << (dims[1] - 1).bit_length())]
+        tiles = list(itertools.product(bvs, (1, 2, 4), (1, 2, 64)))
+        # the hints only on the tiles the large batches take: wide, at most 32 columns a warp, looped
+        large = [t for t in tiles if t[0] >= 64 and t[1] >= 2 and t[0] // t[1] <= 32 and t[2] > 1]
+        return [(*t, 0) for t in tiles] + [(*t, h) for t, h in itertools.product(large, (1, 2, 3))]
     if kernel == "core_decode_tma":  # (BV, num_warps, ring buffers, programs an SM, warps over columns); OFF:
         from gdn_fx.ops.core.decode_tma import OFF  # the Triton kernel with its table's configuration
 

@@ -5,8 +5,8 @@ A key head's work is R * (DV / BV) state tiles [DK, BV] (value head x block of B
 Grid (programs per key head, key heads, sequences): each program takes TPP of its key head's tiles
 in turn, holding one fp32 tile in registers, and convolves the channels it reads: the key head's
 q and k (DK each) and each tile's block of v, from the conv window at column
-``num_accepted_tokens - 1`` of slot ``state_indices[n, 0]``. (BV, warps, TPP) come from the table
-measured for the GPU (``config``).
+``num_accepted_tokens - 1`` of slot ``state_indices[n, 0]``. (BV, warps, TPP, the state's cache
+hint) come from the table measured for the GPU (``config``).
 
 The conv state update is the delicate part. A program owns its tiles' v channels and shifts their
 state itself. The q/k channels of a key head are read by all of its programs, so none may shift
@@ -20,8 +20,8 @@ reductions; no program ever waits, so there is no deadlock). The counters are
 Whole tiles (BK = DK, BV dividing DV) load and store unmasked under scalar branches, and without
 speculative columns (one slot column) the state's slot is known without reading
 ``num_accepted_tokens``: both keep registers and dependent loads down (measured in bench/README.md).
-Their state loads and stores carry the cache hint the table names (``HINT``): at 128-256 sequences on the
-H200 keeping the loaded lines in L2 until the tile's store, or loading them past L1, took 1-2 % off.
+Their state loads and stores carry the cache hint the table names (``HINTS``): at 128-512 sequences on the
+H200 evict_last loads, or loads past L1 (.cg), took 1-4 % off.
 
 Under programmatic dependent launch (``gdn_fx.ops.pdl``) and from large batches (``state_prefetch``), a
 program asks L2 for its first state tile before it waits for the kernel before.
@@ -231,11 +231,10 @@ def _core_decode_kernel(
                     tl.atomic_xchg(counter, 0, sem="relaxed")
 
 
-# The cache hints of whole-tile state loads and stores (the config's fourth field): none; loads keep their lines
-# in L2 (evict_last) until the tile's store writes them; loads skip L1 (.cg); .cg loads and write-through
-# (.wt) stores. Measured, not reasoned: on the H200 at 256 sequences evict_last took 283.7 to 280.0 us and
-# .cg to 281.3, at 128 .cg + .wt took 148.2 to 144.5, and evict_first (not offered) cost 2-3 %
-# (bench/README.md, part 11).
+# The cache hints of whole-tile state loads and stores (the config's fourth field): none; evict_last loads (an
+# L1 hint and an L2 cache policy); loads past L1 (.cg); .cg loads and write-through (.wt) stores. Measured, not
+# reasoned: on the H200 at 256 sequences evict_last took 283.7 to 280.0 us and .cg to 281.3, at 128 .cg + .wt
+# took 148.2 to 144.5, and evict_first loads (not offered) cost 2.6 % (bench/README.md, part 11).
 HINTS = ("none", "evict_last", "cg", "cg_wt")
 
 PREFETCH_FROM = 8192  # sequences x value heads from which the state prefetch is on by default (below)
@@ -337,7 +336,8 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
                                               query_start_loc, state_indices, num_k_heads, scale, allow_neg_eigval,
                                               out, tcfg, m)
     grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
-                         _full(cfg) if cfg else config(DK, DV, N, NV, x.device), conv_bias is not None, allow_neg_eigval, m,
+                         _full(cfg) if cfg else config(DK, DV, N, NV, x.device), conv_bias is not None,
+                         allow_neg_eigval, m,
                          state_prefetch(m, N * NV), ssm_state.element_size())
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
