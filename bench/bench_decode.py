@@ -45,6 +45,18 @@ def recurrence_inputs(B: int):
     return g, x, a, b, A_log, dt_bias, pool, slots, qsl, acc
 
 
+def core_inputs(g: torch.Generator, x: torch.Tensor, slots: torch.Tensor):
+    """(conv state [2B, channels, 3], metadata, out [B, NV, DV], conv taps [channels, 4]): what the whole core op
+    needs beyond ``recurrence_inputs``' batch (x, slots), drawn from its generator ``g``."""
+    B = x.shape[0]
+    conv_state = torch.randn(2 * B, x.shape[1], 3, device="cuda", generator=g).to(torch.bfloat16)
+    meta = build_metadata([Request(1, int(s), num_computed_tokens=5) for s in slots[:, 0].tolist()],
+                          num_slots=2 * B, device="cuda")
+    out = torch.empty(B, NV, DV, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(x.shape[1], 4, device="cuda", generator=g).to(torch.bfloat16)
+    return conv_state, meta, out, w
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results")
@@ -62,11 +74,7 @@ def main():
         def run_gdn_fx():
             ops.fused_recurrent_decode(x, a, b, A_log, dt_bias, pool, qsl, slots, acc, num_k_heads=NK, head_k_dim=DK)
 
-        conv_state = torch.randn(2 * B, x.shape[1], 3, device="cuda", generator=g).to(torch.bfloat16)
-        meta = build_metadata([Request(1, int(s), num_computed_tokens=5) for s in slots[:, 0].tolist()],
-                              num_slots=2 * B, device="cuda")
-        out = torch.empty(B, NV, DV, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(x.shape[1], 4, device="cuda", generator=g).to(torch.bfloat16)
+        conv_state, meta, out, w = core_inputs(g, x, slots)
 
         def run_core():  # conv window update + the recurrence: the whole core op of a decode batch
             ops.gdn_core(x, b, a, w, None, A_log, dt_bias, conv_state, pool, out, meta, num_k_heads=NK,

@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_decode import DK, DV, NK, NV, recurrence_inputs  # noqa: E402
+from bench.bench_decode import DK, DV, NK, NV, core_inputs, recurrence_inputs  # noqa: E402
 from bench.common import copy_bandwidth, interleaved_graph_times  # noqa: E402
-from gdn_fx import Request, build_metadata, ops  # noqa: E402
+from gdn_fx import ops  # noqa: E402
 from gdn_fx.ops.core import decode_kernel as dk  # noqa: E402
 
 LOAD = "h = tl.load(p_read).to(tl.float32)"
@@ -65,11 +65,7 @@ VARIANTS = {  # hints PTX accepts (ptxas refuses .cg with an eviction policy)
 def setup(B: int):
     """bench_decode's decode batch of B sequences, with a conv state, taps and metadata for the core op."""
     g, x, a, b, A_log, dt_bias, pool, slots, qsl, acc = recurrence_inputs(B)
-    conv_state = torch.randn(2 * B, x.shape[1], 3, device="cuda", generator=g).to(torch.bfloat16)
-    meta = build_metadata([Request(1, int(s), num_computed_tokens=5) for s in slots[:, 0].tolist()],
-                          num_slots=2 * B, device="cuda")
-    out = torch.empty(B, NV, DV, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(x.shape[1], 4, device="cuda", generator=g).to(torch.bfloat16)
+    conv_state, meta, out, w = core_inputs(g, x, slots)
     return dict(x=x, a=a, b=b, w=w, A_log=A_log, dt_bias=dt_bias, conv=conv_state, pool=pool, out=out, meta=meta,
                 slots=slots, qsl=qsl, acc=acc)
 

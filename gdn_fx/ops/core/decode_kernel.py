@@ -275,13 +275,13 @@ def default_config(DK: int, DV: int) -> tuple[int, int, int, int]:
     return min(triton.next_power_of_2(DV), max(16, 8192 // BK)), 2, 1, 0
 
 
-def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int, int, int, int]:
-    """(BV, num_warps, tiles per program, hint): the value columns of a state tile, the warps, how many
+def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple:
+    """(BV, num_warps, tiles per program[, hint]): the value columns of a state tile, the warps, how many
     of a key head's tiles (value heads x column blocks) one program takes in turn (all of them: no
     cross-program handshake for the q/k conv state), and the state's cache hint (an index of ``HINTS``;
-    0 where a table entry has three fields). From the table measured on this GPU for N x NV (sequence,
-    value head) pairs (``gdn_fx.tuning``); ``GDN_FX_DECODE_CONFIG=BV,num_warps[,tiles[,hint]]`` overrides
-    it (tests, sweeps)."""
+    a table entry of three fields has none, which the cached launch plan fills in: ``_full``). From the
+    table measured on this GPU for N x NV (sequence, value head) pairs (``gdn_fx.tuning``);
+    ``GDN_FX_DECODE_CONFIG=BV,num_warps[,tiles[,hint]]`` overrides it (tests, sweeps)."""
     override = os.environ.get("GDN_FX_DECODE_CONFIG")
     if override:
         try:
@@ -289,7 +289,7 @@ def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int
             return _full(v[:2] + (v[2:] or (1,)))
         except ValueError as e:
             raise ValueError(f"GDN_FX_DECODE_CONFIG={override!r}: expected BV,num_warps[,tiles[,hint]] ({e})") from None
-    return _full(tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV)))
+    return tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV))
 
 
 def _full(cfg: tuple) -> tuple[int, int, int, int]:
@@ -336,8 +336,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
                                               query_start_loc, state_indices, num_k_heads, scale, allow_neg_eigval,
                                               out, tcfg, m)
     grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
-                         _full(cfg) if cfg else config(DK, DV, N, NV, x.device), conv_bias is not None,
-                         allow_neg_eigval, m,
+                         tuple(cfg or config(DK, DV, N, NV, x.device)), conv_bias is not None, allow_neg_eigval, m,
                          state_prefetch(m, N * NV), ssm_state.element_size())
     _core_decode_kernel[grid](
         x, conv_weight, conv_bias, conv_state, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices,
@@ -353,7 +352,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
 def _plan(T, N, NK, NV, DK, DV, W, S, cfg, has_bias, neg, m, prefetch, elem):
     """(grid, the launch's keyword arguments), built once per batch shape and setting: a decode step pays one
     cached lookup for them."""
-    BV, num_warps, tpp, hint = cfg
+    BV, num_warps, tpp, hint = _full(cfg)
     grid, const = launch_geometry(T, N, NK, NV, DK, DV, W, S, BV, tpp)
     return grid, dict(**const, HAS_BIAS=has_bias, NEG=neg, num_warps=num_warps, PDL=m, PREFETCH=prefetch,
                       LINE=128 // elem, HINT=hint, **pdl.options(m))
