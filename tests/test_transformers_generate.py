@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gdn_fx.integrations.transformers import (
-    gdn_modules, patch_model, small_config, small_model,
+    SUPPORTED_TRANSFORMERS, check_transformers_version, gdn_modules, patch_model, small_config, small_model,
 )
 from tests.allocations import NewStorageBytes
 
@@ -146,6 +146,48 @@ def test_continued_generate_matches_hf(hf_model):
     # and the continuation equals generating from the whole prompt at once
     fresh = patched.generate(ids2, attention_mask=mask2, max_new_tokens=8, do_sample=False)
     assert_same_tokens(got, fresh)
+
+
+def test_cache_counts_tokens_as_transformers_does(hf_model):
+    """The cache's bookkeeping after generate equals transformers' own, layer by layer: the token count a
+    continued generate starts from (transformers 5.25 counts them in each linear-attention layer)."""
+    ids, mask = left_padded([4, 9], seed=6)
+    caches = []
+    for model in (hf_model, _patched(hf_model)):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+        caches.append(getattr(out, "past_key_values", None) or out.cache)
+    want, got = caches
+    assert int(got.get_seq_length()) == int(want.get_seq_length()) == ids.shape[1] + 5
+    for i, (w, g) in enumerate(zip(want.layers, got.layers)):
+        if hasattr(w, "get_seq_length") and hasattr(w, "conv_states"):
+            assert int(g.get_seq_length()) == int(w.get_seq_length()), f"layer {i}"
+
+
+def test_installed_transformers_is_supported():
+    """The suite runs on a supported release (CI: the newest in the range, and the oldest)."""
+    check_transformers_version()
+
+
+@pytest.mark.parametrize("version", ["5.14.1", "5.26.0", "5.26.0.dev0", "6.0.0"])
+def test_patch_refuses_unsupported_transformers(monkeypatch, version):
+    """An untested release is refused before anything is patched, naming both versions: never wrong tokens."""
+    import transformers
+
+    model = small_model("qwen3_5")
+    monkeypatch.setattr(transformers, "__version__", version)
+    with pytest.raises(RuntimeError, match=f"supports transformers{SUPPORTED_TRANSFORMERS}.*transformers {version} "
+                                           "is installed"):
+        patch_model(model)
+    assert gdn_modules(model)  # nothing was swapped
+
+
+def test_pyproject_states_the_supported_range():
+    import pathlib
+    import tomllib
+
+    project = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    specs = [d for deps in project["optional-dependencies"].values() for d in deps if d.startswith("transformers")]
+    assert specs and set(specs) == {"transformers" + SUPPORTED_TRANSFORMERS}
 
 
 def test_beam_search_matches_hf():

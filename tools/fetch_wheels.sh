@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl transformers==5.23.0 depyf==0.20.0 astor==0.8.1 dill==0.4.1 fla-core==0.6.0
+  -d .whl transformers==5.25.0 depyf==0.20.0 astor==0.8.1 dill==0.4.1 fla-core==0.6.0
 ls .whl

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) with torch 2.13 and gdn_fx installed editable with its test and bench extras.
+#   VENV=<dir>              another virtual environment (default .venv)
+#   TORCH_VERSION=<x.y.z>   another torch release (default 2.13.0)
+#   CONSTRAINTS=<file>      pip constraints for gdn_fx's dependencies (tools/oldest.txt: the oldest releases)
 #
 # torch comes first and, by default, as the CPU build from PyTorch's CPU index: on Linux, PyPI's
 # torch==2.13.0 is the CUDA build (18 nvidia packages, several GB), which the CPU tests do not need.
@@ -7,16 +10,17 @@
 #   TORCH_INDEX=       (empty) pip's own configuration (on Linux with plain PyPI: the CUDA build)
 # Sources pip is configured with (pip.conf: find-links, extra indexes, e.g. a local wheel mirror) stay in
 # use beside the index, and when the index cannot be reached pip falls back on them alone. A .venv that
-# already has torch 2.13.0 keeps it.
+# already has torch $TORCH_VERSION keeps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-TORCH_VERSION=2.13.0
+VENV=${VENV:-.venv}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCH_INDEX=${TORCH_INDEX-https://download.pytorch.org/whl/cpu}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
 fi
-. .venv/bin/activate
+. "$VENV/bin/activate"
 python -m pip install -q --upgrade pip >/dev/null
 have_torch() {
   python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null
@@ -40,8 +44,9 @@ else
   [ -n "$TORCH_INDEX" ] && echo "setup: no torch from $TORCH_INDEX (unreachable or failed); installing torch==$TORCH_VERSION with pip's own configuration" >&2
   python -m pip install -q "torch==$TORCH_VERSION"
 fi
-python -m pip install -q -e ".[test,bench]"
+python -m pip install -q -e ".[test,bench]" ${CONSTRAINTS:+-c "$CONSTRAINTS"}
 python -c "
-import sys, torch, gdn_fx
+import sys, torch, transformers, gdn_fx
 build = f'CUDA {torch.version.cuda} build' if torch.version.cuda else 'CPU build'
-print(f'gdn_fx {gdn_fx.__version__} ready: torch {torch.__version__} ({build}), python', sys.version.split()[0])"
+print(f'gdn_fx {gdn_fx.__version__} ready in $VENV: torch {torch.__version__} ({build}), transformers',
+      transformers.__version__, ', python', sys.version.split()[0])"

@@ -17,6 +17,12 @@ fp32, written in place by ``forward_serving``. A cache filled this way continues
 calls (``past_key_values``) and reorders for beam search, but is not interchangeable with one filled
 by transformers' own GDN modules (their conv state keeps W columns): mixing the two raises.
 
+Versions: transformers ``SUPPORTED_TRANSFORMERS`` (CI runs the suite on the newest release in it and the
+transformers-facing tests on the oldest). The cache's bookkeeping between ``generate`` calls changes
+between releases (5.25 made each linear-attention cache layer count its own tokens; a patched layer
+that did not count them continued a prompt at the wrong position), so ``patch_model`` refuses any other
+release rather than risk wrong tokens.
+
 Padding: tokens whose ``attention_mask`` is 0 are left out of the packed batch, so they never enter
 the conv window or the recurrent state (transformers zeroes them and runs them through, which leaves
 the state of a fresh left-padded prompt unchanged too: the greedy tokens agree); their output rows are 0.
@@ -32,6 +38,35 @@ from torch import nn
 
 from gdn_fx.layers import GatedDeltaNet, get_layer
 from gdn_fx.metadata import Request, build_metadata, decode_first_order
+
+SUPPORTED_TRANSFORMERS = ">=5.15,<5.26"
+"""The transformers releases ``patch_model`` runs on (5.15.0 through every 5.25.x), as pyproject.toml states
+them (tests/integrations/test_transformers_versions.py checks that the two agree)."""
+
+
+def check_transformers_version(version: str | None = None) -> None:
+    """Raises RuntimeError naming the installed and the supported transformers versions unless ``version``
+    (default: the installed one) is in ``SUPPORTED_TRANSFORMERS``. Pre-releases and development builds count
+    as the release they lead to (5.26.0.dev0 is 5.26.0)."""
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        supported = Version(version).base_version in SpecifierSet(SUPPORTED_TRANSFORMERS)
+    except InvalidVersion:
+        supported = False
+    if not supported:
+        raise RuntimeError(
+            f"gdn_fx's transformers integration supports transformers{SUPPORTED_TRANSFORMERS}, but transformers "
+            f"{version} is installed: the generation cache's bookkeeping changes between releases, and on an "
+            f"untested one a patched model can return wrong tokens without an error. Install a supported release: "
+            f"pip install 'transformers{SUPPORTED_TRANSFORMERS}'."
+        )
+
 
 # transformers' GDN module class -> gdn_fx layer family (Qwen3.5-MoE's module is Qwen3.5's)
 FAMILIES = {
@@ -139,6 +174,11 @@ class TransformersGatedDeltaNet(nn.Module):
         out = self._step(packed, conv_state, ssm_state, meta)
         if cache_layer is not None:
             cache_layer.has_previous_state[0] = True
+            # transformers >= 5.25: a linear-attention layer counts the tokens it has seen (padding included, as
+            # transformers' own modules count them), and generate continues a prompt from that count
+            seen = getattr(cache_layer, "cumulative_length_linear", None)
+            if seen is not None:
+                seen.add_(L)
         if index is None:
             return out.view(B, L, H)
         return torch.zeros_like(flat).index_copy_(0, index, out).view(B, L, H)
@@ -208,8 +248,10 @@ def patch_model(model: nn.Module, *, backend: str | Callable | None = None, comp
     the original modules are dropped. Inference only (the layers raise when autograd would need
     their gradients): generate runs under no_grad; run other forwards under torch.inference_mode().
     Raises ValueError for a model without GDN modules, weights on the meta device (offloaded), or a
-    configuration the layers do not support (activation other than SiLU, a conv bias, ...).
+    configuration the layers do not support (activation other than SiLU, a conv bias, ...), and
+    RuntimeError on a transformers release outside ``SUPPORTED_TRANSFORMERS``.
     """
+    check_transformers_version()
     found = gdn_modules(model)
     if not found and any(isinstance(m, TransformersGatedDeltaNet) for m in model.modules()):
         raise ValueError(f"patch_model: {type(model).__name__} is already patched")
