@@ -47,7 +47,7 @@ def test_layer_bench_plan():
 def test_core_hints_experiment_patches_the_kernel(tmp_path):
     """bench/exp_core_hints.py rewrites the core decode's state load and store: each of its variants still finds
     them in decode_kernel.py, once each, and imports."""
-    from bench import exp_core_hints as exp
+    from bench.experiments import exp_core_hints as exp
 
     for name, edits in exp.VARIANTS.items():
         src = exp.variant(name, tmp_path).__file__

@@ -11,7 +11,7 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DIMS = ((12352, 2048), (2048, 4096))
 

@@ -22,7 +22,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # the shipped kernel's names for the barrier and the TMA load across Triton versions, and its tile layout
 from gdn_fx.ops.core.decode_tma import _cta_barrier, _tma_load, state_layout  # noqa: E402

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import device_info, interleaved_graph_times, save  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402

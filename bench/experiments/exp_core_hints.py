@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.bench_decode import DK, DV, NK, NV, core_inputs, recurrence_inputs  # noqa: E402
 from bench.common import copy_bandwidth, interleaved_graph_times  # noqa: E402
