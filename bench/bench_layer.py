@@ -12,12 +12,7 @@ prefill of 8 x 2048 tokens (CUDA-event wall time: the prefill path reads lengths
                  (compile) is in each row as first_call_s
   gdn_fx_nopdl, stock_compile_nopdl  the same without programmatic dependent launch of the gdn_fx
                  kernels (GDN_FX_PDL=0 while they run and are captured; gdn_fx.ops.pdl)
-  gdn_fx_pdl_early  gdn_fx with GDN_FX_PDL=early (each kernel releases the next right after its wait)
-  gdn_fx_prefetch_off, gdn_fx_prefetch_all  gdn_fx with GDN_FX_L2_PREFETCH=0 / all: the skinny GEMM asks
-                 L2 for none / all of its weight share before its PDL wait (default: its first K step)
-  gdn_fx_state_prefetch_{off,on}, stock_compile_state_prefetch_{off,on}  the same with
-                 GDN_FX_STATE_PREFETCH=0 / 1: whether the core decode asks L2 for its first state tile before
-                 its PDL wait (default: from 8192 sequences x value heads; decode_kernel.state_prefetch)
+  gdn_fx_notma   gdn_fx with GDN_FX_CORE_TMA=0: the core decode always takes its Triton kernel
   gdn_fx_tuning  gdn_fx with the tuning file given by --tuning (GDN_FX_TUNING while it runs and is captured):
                  a candidate table against the shipped one (gdn_fx) in the same run
   gdn_fx_2gemm   gdn_fx on the same weights in the checkpoint's layout (merge_projections=False: separate
@@ -31,7 +26,7 @@ in and out, at the copy bandwidth measured in the same run.
 
     python bench/bench_layer.py --out bench/results
     python bench/bench_layer.py --out bench/results --cases decode --variants eager,stock_compile,gdn_fx,gdn_fx_2gemm
-    python bench/bench_layer.py --cases decode --variants stock_compile,gdn_fx --env-variant "bv128=gdn_fx@GDN_FX_DECODE_CONFIG=128,4,2"
+    python bench/bench_layer.py --cases decode --variants stock_compile,gdn_fx --env-variant "a=gdn_fx@GDN_FX_PDL=0;GDN_FX_CORE_TMA=0"
 """
 
 import argparse
@@ -48,20 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     copy_bandwidth, device_info, event_time, host_time, interleaved_graph_times, kernel_stats, save)
-from gdn_fx import Request, build_metadata  # noqa: E402
+from gdn_fx import Request, build_metadata, envs  # noqa: E402
 from gdn_fx.demo import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
 BASES = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm",
          "stock_compile_2gemm")
-KNOBS = {  # named variants: a base variant with launch knobs (environment variables) set; --env-variant adds more
+KNOBS = {  # named variants: a base variant with gdn_fx switches (gdn_fx.envs) set; --env-variant adds more
     "gdn_fx_nopdl": ("gdn_fx", {"GDN_FX_PDL": "0"}),
-    "gdn_fx_pdl_early": ("gdn_fx", {"GDN_FX_PDL": "early"}),
-    "gdn_fx_prefetch_off": ("gdn_fx", {"GDN_FX_L2_PREFETCH": "0"}),
-    "gdn_fx_prefetch_all": ("gdn_fx", {"GDN_FX_L2_PREFETCH": "all"}),
     "stock_compile_nopdl": ("stock_compile", {"GDN_FX_PDL": "0"}),
-    **{f"{v}_state_prefetch_{k}": (v, {"GDN_FX_STATE_PREFETCH": e})
-       for v in ("gdn_fx", "stock_compile") for k, e in (("off", "0"), ("on", "1"))},
+    "gdn_fx_notma": ("gdn_fx", {"GDN_FX_CORE_TMA": "0"}),
 }
 VARIANTS = BASES + tuple(KNOBS) + ("gdn_fx_tuning",)
 
@@ -80,11 +71,12 @@ def floor_bytes(layer, B: int, tokens: int) -> int:
 
 
 def with_env(fn, **env: str):
-    """``fn`` with the environment variables ``env`` set while it runs or is captured (the gdn_fx kernels'
-    launch knobs, read at each launch)."""
+    """``fn`` with the environment variables ``env`` set while it runs or is captured (gdn_fx's switches,
+    which the kernels' launchers read through ``gdn_fx.envs``: read again on the way in and out)."""
     def call(*args):
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
+        envs.reload()
         try:
             return fn(*args)
         finally:
@@ -93,6 +85,7 @@ def with_env(fn, **env: str):
                     del os.environ[k]
                 else:
                     os.environ[k] = v
+            envs.reload()
     return call
 
 
@@ -110,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tuning", help="a tuning file (python -m gdn_fx tune --out) for the gdn_fx_tuning variant")
     ap.add_argument("--env-variant", action="append", default=[], metavar="NAME=VARIANT@KEY=VALUE[;KEY=VALUE]",
                     help="one more variant NAME: VARIANT with these environment variables set while it runs and is "
-                         "captured (the kernels' launch knobs); repeatable")
+                         "captured (gdn_fx's switches, gdn_fx/envs.py); repeatable")
     args = ap.parse_args(argv)
     names = args.variants.split(",")
     if bad := [n for n in names if n not in VARIANTS]:

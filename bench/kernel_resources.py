@@ -21,9 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
 
-from gdn_fx.ops import pdl  # noqa: E402
-from gdn_fx.ops.core import decode_kernel as dk  # noqa: E402
-from gdn_fx.ops.core import decode_tma  # noqa: E402
+from gdn_fx.ops.gdn_core import decode_triton as dk  # noqa: E402
+from gdn_fx.ops.gdn_core import decode_tma  # noqa: E402
 from gdn_fx.ops.linear import triton_kernel as lk  # noqa: E402
 from gdn_fx.tuning import measured  # noqa: E402
 from tests.ptx import CORE_SIGNATURE, GEMM_SIGNATURE, compile_sm90, resource_usage  # noqa: E402
@@ -53,16 +52,16 @@ def core_decode(BV: int, warps: int, tpp: int, hint: int = 0):
     _, const = dk.launch_geometry(1, 1, NK, NV, DK, DV, W, 1, BV, tpp)
     ones = dict(stride_cl=1, stride_ah=1, stride_bh=1, stride_idx=1)
     sig, aligned = _specialized(CORE_SIGNATURE, ones, {"stride_x", "stride_a", "stride_b", "stride_cs"})
-    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=True, LINE=32, HINT=hint)
+    const |= ones | dict(HAS_BIAS=False, NEG=False, PDL=True, PREFETCH=True, LINE=32, HINT=hint)
     return (compile_sm90(dk._core_decode_kernel, sig, const, aligned, warps),
             f"BV={const['BV']} warps={warps} tiles/program={const['TPP']}"
             + (f" hint={dk.HINTS[hint]}" if hint else ""))
 
 
 def core_decode_tma(cfg: tuple):
-    """The same step through the TMA kernel (``gdn_fx/ops/core/decode_tma.py``), config (BV, warps, buffers,
+    """The same step through the TMA kernel (``gdn_fx/ops/gdn_core/decode_tma.py``), config (BV, warps, buffers,
     programs an SM, wc); its shared memory is the ring of state tiles and the item's v conv outputs."""
-    const = decode_tma.launch_constants(1, 1, NK, NV, DK, DV, cfg, False, False, pdl.LATE)
+    const = decode_tma.launch_constants(1, 1, NK, NV, DK, DV, cfg, False, False, True)
     ones = dict(stride_cl=1, stride_ah=1, stride_bh=1, stride_idx=1)
     sig, aligned = _specialized(CORE_SIGNATURE, ones, {"stride_x", "stride_a", "stride_b", "stride_cs"})
     sig["desc"] = f"tensordesc<fp32[{DK}, {cfg[0]}],{decode_tma.state_layout()!r}>"
@@ -76,7 +75,7 @@ def skinny_gemm(N: int, K: int, M: int, cfg: tuple):
     _, const = lk.launch_geometry(M, N, K, cfg)
     ones = dict(sxk=1)
     sig, aligned = _specialized(GEMM_SIGNATURE, ones, {"N", "K", "sxm", "swn", "sym"})
-    const |= ones | dict(NORM=False, GS=1, DX=1, DZ=1, DW=1, NORM_BEFORE_GATE=False, SIGMOID=False, PDL=pdl.LATE,
+    const |= ones | dict(NORM=False, GS=1, DX=1, DZ=1, DW=1, NORM_BEFORE_GATE=False, SIGMOID=False, PDL=True,
                          PREFETCH=1, LINE=64)
     return (compile_sm90(lk._skinny_gemm_kernel, sig, const, aligned, cfg[3], cfg[4]),
             f"M<={M} {N}x{K} block {cfg[0]}x{cfg[1]}x{cfg[2]} warps={cfg[3]} stages={cfg[4]} split={const['SPLIT']}")

@@ -1,16 +1,33 @@
-"""Serving metadata: from a batch description to the decode / speculative / prefill split of the core op.
+"""The batch contract of a serving step: what a packed batch is, and how every gdn_fx op reads it.
 
-Semantics follow vLLM's GDN attention metadata builder (decodes first, state
-slots per request, ``has_initial_state = num_computed_tokens > 0``,
-``num_accepted_tokens`` picking the speculative checkpoint), in a simpler form:
-plain decodes and speculative verifications share the recurrent path (a plain
-decode is a verification with no draft token), prefills take the chunked path.
+Semantics follow vLLM's GDN attention metadata builder (decodes first, state slots per request,
+``has_initial_state = num_computed_tokens > 0``, ``num_accepted_tokens`` picking the speculative
+checkpoint), in a simpler form: plain decodes and speculative verifications share the recurrent path
+(a plain decode is a verification with no draft token), prefills take the chunked path. A slot of
+``NULL_SLOT`` is padding: no state read or write, zero output.
 
-Everything is computed on the host from Python values and copied to the device
-once (pinned, non-blocking): building metadata never waits for the device. What every layer
-needs from the batch alone (its split, fla's chunk layout, the value checks) is computed here,
-once per step (``gdn_fx.ops.plan``), so the core op's host work per layer call is a fixed number
-of steps, whatever the token count.
+``build_metadata`` validates a batch on the host and builds ``GDNMetadata``: per-token device tensors,
+copied once (pinned, non-blocking, so building never waits for the device), and what every layer needs
+from the batch alone, computed here once per step, so the core op's host work per layer call is a fixed
+number of steps whatever the token count:
+
+plan: CPU int64 [PLAN_SIZE] = (num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens,
+    num_slots, num_spec, num_chunks, checked): the split of the batch (decodes first, then prefills),
+    the pools it was built for (the core op checks them against the pools it gets), the number of
+    CHUNK-token chunks of its prefill part, and whether the host has checked the values of the device
+    tensors (1: built by ``build_metadata``; 0: hand-built, so the core op checks the values it can read
+    without a device sync, as every op does).
+
+chunk_plan: int32 [4, T+1] on the batch's device: the chunked prefill's layout, relative to the first
+    prefill token, in the form flash-linear-attention's varlen kernels read it:
+    row 0: ``cu_seqlens``, the prefill sequences' bounds (num_prefills + 1 entries);
+    row 1: ``chunk_offsets``, the chunks before each prefill sequence (num_prefills + 1 entries);
+    rows 2-3, read flat: ``chunk_indices``, one (sequence, chunk) pair per chunk (num_chunks pairs,
+    num_chunks <= T). Entries past those counts are zero.
+
+The ``check_*`` functions at the end are the contract's checks of metadata built by hand (the ops call
+them): they raise ``ValueError`` naming the argument and its values, and read values only where they
+live on the host.
 """
 
 import dataclasses
@@ -19,8 +36,52 @@ from typing import Sequence
 import torch
 import torch._dynamo
 
-from gdn_fx.ops import plan as _plan
-from gdn_fx.ops.checks import NULL_SLOT
+from gdn_fx import checks
+
+NULL_SLOT = -1
+"""Slot index of padding rows (CUDA-graph padding): no state read or write, zero output."""
+
+CHUNK = 64
+"""Tokens per chunk of the chunked prefill (fla's chunk size)."""
+
+PLAN_FIELDS = ("num_decodes", "num_decode_tokens", "num_prefills", "num_prefill_tokens", "num_slots", "num_spec",
+               "num_chunks", "checked")
+NUM_DECODES, NUM_DECODE_TOKENS, NUM_PREFILLS, NUM_PREFILL_TOKENS, NUM_SLOTS, NUM_SPEC, NUM_CHUNKS, CHECKED = range(8)
+PLAN_SIZE = len(PLAN_FIELDS)
+
+
+def make_plan(num_decodes: int, num_decode_tokens: int, num_prefills: int, num_prefill_tokens: int, *,
+              num_slots: int, num_spec: int, num_chunks: int, checked: bool) -> torch.Tensor:
+    """-> the CPU int64 plan tensor (see the module docstring)."""
+    return torch.tensor([num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens, num_slots, num_spec,
+                         num_chunks, int(checked)], dtype=torch.int64)
+
+
+def chunk_layout(prefill_lens: Sequence[int] | torch.Tensor, T: int) -> tuple[torch.Tensor, int]:
+    """prefill_lens: the token counts of the prefill sequences (zero allowed) -> (chunk_plan: CPU int32
+    [4, T+1], num_chunks). Host work grows with the number of prefills and chunks only (once per step)."""
+    lens = torch.as_tensor(prefill_lens, dtype=torch.int64).reshape(-1)
+    chunks = (lens + CHUNK - 1) // CHUNK
+    n, nc = lens.numel(), int(chunks.sum())
+    if n + 1 > T + 1 or nc > T or int(lens.sum()) > T:
+        raise ValueError(f"{n} prefill sequences of {int(lens.sum())} tokens in {nc} chunks do not fit T={T} rows")
+    out = torch.zeros(4, T + 1, dtype=torch.int32)
+    out[0, 1 : n + 1] = lens.cumsum(0)
+    out[1, 1 : n + 1] = chunks.cumsum(0)
+    seq = torch.repeat_interleave(torch.arange(n), chunks)
+    first = torch.repeat_interleave(out[1, :n].to(torch.int64), chunks)
+    pairs = out[2:].view(-1)[: 2 * nc].view(nc, 2)
+    pairs[:, 0] = seq
+    pairs[:, 1] = torch.arange(nc) - first
+    return out, nc
+
+
+def chunk_views(chunk_plan: torch.Tensor, num_prefills: int, num_chunks: int):
+    """-> (cu_seqlens [num_prefills + 1], chunk_offsets [num_prefills + 1], chunk_indices [num_chunks, 2]):
+    views of ``chunk_plan`` (no copy, no launch)."""
+    flat = chunk_plan[2:].view(-1)
+    return (chunk_plan[0, : num_prefills + 1], chunk_plan[1, : num_prefills + 1],
+            flat[: 2 * num_chunks].view(num_chunks, 2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +116,9 @@ class GDNMetadata:
 
     query_start_loc: [T+1] int32; state_indices: [T, 1 + num_spec] int32 (NULL_SLOT where unused);
     has_initial_state: [T] bool; num_accepted_tokens: [T] int32;
-    plan: CPU int64 [8], the batch's split and sizes (``gdn_fx.ops.plan``); chunk_plan: [4, T+1] int32,
-    the chunked prefill's layout (``gdn_fx.ops.plan``), or None for hand-built metadata (the cuda
-    core op then reads the lengths from the device, a sync per call).
+    plan: CPU int64 [8], the batch's split and sizes; chunk_plan: [4, T+1] int32, the chunked prefill's
+    layout, or None for hand-built metadata (the cuda core op then reads the lengths from the device, a
+    sync per call): see the module docstring.
     """
 
     query_start_loc: torch.Tensor
@@ -76,19 +137,19 @@ class GDNMetadata:
 
     @property
     def num_decodes(self) -> int:
-        return int(self.plan[_plan.NUM_DECODES])
+        return int(self.plan[NUM_DECODES])
 
     @property
     def num_decode_tokens(self) -> int:
-        return int(self.plan[_plan.NUM_DECODE_TOKENS])
+        return int(self.plan[NUM_DECODE_TOKENS])
 
     @property
     def num_prefills(self) -> int:
-        return int(self.plan[_plan.NUM_PREFILLS])
+        return int(self.plan[NUM_PREFILLS])
 
     @property
     def num_prefill_tokens(self) -> int:
-        return int(self.plan[_plan.NUM_PREFILL_TOKENS])
+        return int(self.plan[NUM_PREFILL_TOKENS])
 
     @property
     def num_actual_tokens(self) -> int:
@@ -122,19 +183,6 @@ class GDNMetadata:
         if self.chunk_plan is not None:
             torch._dynamo.mark_static(self.chunk_plan, 0)
         return self
-
-    def check_pools(self, conv_state: torch.Tensor, ssm_state: torch.Tensor, conv_width: int | None = None) -> None:
-        """Raises ValueError unless the pools have the ``num_slots`` slots this metadata was built for and
-        the conv pool at least the ``W - 1 + num_spec`` columns its draft tokens need (``conv_width`` = W, when
-        given): the kernels would read and write out of bounds. Reads shapes only."""
-        for name, pool in (("conv_state", conv_state), ("ssm_state", ssm_state)):
-            if pool.dim() < 1 or pool.shape[0] != self.num_slots:
-                raise ValueError(f"metadata was built for num_slots={self.num_slots} but {name} has "
-                                 f"{pool.shape[0] if pool.dim() else 0} slots (shape {list(pool.shape)})")
-        if conv_width is not None and (conv_state.dim() != 3 or conv_state.shape[2] < conv_width - 1 + self.num_spec):
-            raise ValueError(f"metadata was built for num_spec={self.num_spec} but conv_state has shape "
-                             f"{list(conv_state.shape)}: its last dim must be at least W - 1 + num_spec = "
-                             f"{conv_width - 1 + self.num_spec} for width W={conv_width}")
 
 
 def _to(t: torch.Tensor, device) -> torch.Tensor:
@@ -245,16 +293,116 @@ def build_metadata(
     qsl = torch.zeros(len(lens) + 1, dtype=torch.int32)
     qsl[1:] = torch.tensor(lens, dtype=torch.int32).cumsum(0)
     T = len(lens)
-    chunk_plan, nc = _plan.chunk_layout(lens[nd : nd + np_], T)
+    chunk_plan, nc = chunk_layout(lens[nd : nd + np_], T)
     meta = GDNMetadata(
         query_start_loc=qsl,
         state_indices=torch.tensor(rows, dtype=torch.int32).reshape(T, width),
         has_initial_state=torch.tensor(init, dtype=torch.bool),
         num_accepted_tokens=torch.tensor(accepted, dtype=torch.int32),
-        plan=_plan.make_plan(nd, ndt, np_, npt, num_slots=num_slots, num_spec=num_spec, num_chunks=nc,
+        plan=make_plan(nd, ndt, np_, npt, num_slots=num_slots, num_spec=num_spec, num_chunks=nc,
                              checked=True),
         chunk_plan=chunk_plan,
         num_slots=num_slots,
         num_spec=num_spec,
     )
     return meta.to(device)
+
+
+# ---- the contract's checks, for metadata built by hand (the ops call them) ---------------------------------
+
+
+def check_query_start_loc(qsl: torch.Tensor, num_tokens: int, name: str = "query_start_loc") -> None:
+    """[N+1], starts at 0, non-decreasing, last value <= num_tokens (the rest is padding)."""
+    checks.dtype(name, qsl, checks.INDEX_DTYPES)
+    if qsl.dim() != 1 or qsl.numel() < 1:
+        checks.fail(f"{name} must be 1-D with N+1 >= 1 entries, got shape {list(qsl.shape)}")
+    if not checks.host_values(qsl):
+        return
+    v = qsl.tolist()
+    if v[0] != 0:
+        checks.fail(f"{name} must start at 0, got {v}")
+    if any(b < a for a, b in zip(v, v[1:])):
+        checks.fail(f"{name} must be non-decreasing, got {v}")
+    if v[-1] > num_tokens:
+        checks.fail(f"{name} ends at {v[-1]} but there are only {num_tokens} tokens: {v}")
+
+
+def check_slots(name: str, idx: torch.Tensor, num_slots: int) -> None:
+    """Slot indices must be NULL_SLOT or in [0, num_slots)."""
+    checks.dtype(name, idx, checks.INDEX_DTYPES)
+    if not checks.host_values(idx) or idx.numel() == 0:
+        return
+    bad = (idx != NULL_SLOT) & ((idx < 0) | (idx >= num_slots))
+    if bool(bad.any()):
+        checks.fail(
+            f"{name} holds slots out of range [0, {num_slots}) (and not NULL_SLOT={NULL_SLOT}): "
+            f"{idx[bad].tolist()} in {idx.tolist()}"
+        )
+
+
+def check_plan(name: str, p: torch.Tensor) -> list[int] | None:
+    """The CPU int64 plan (module docstring). Returns its values, or None while tracing (fake tensors have none)."""
+    if p.device.type != "cpu" or p.shape != (PLAN_SIZE,) or p.dtype != torch.int64:
+        checks.fail(f"{name} must be a CPU int64 tensor of shape [{PLAN_SIZE}] {PLAN_FIELDS}, "
+                    f"got {p.dtype} {list(p.shape)} on {p.device}")
+    if not checks.host_values(p):
+        return None
+    v = p.tolist()
+    if any(x < 0 for x in v):
+        checks.fail(f"{name} must be non-negative, got {dict(zip(PLAN_FIELDS, v))}")
+    return v
+
+
+def check_batch(values: list[int], conv_state: torch.Tensor, ssm_state: torch.Tensor, state_indices: torch.Tensor,
+                conv_width: int, num_tokens: int) -> None:
+    """The plan's ``values`` against what a call got (shapes only): pools of the ``num_slots`` slots the metadata
+    was built for (else the kernels would read and write out of bounds), ``1 + num_spec`` slot columns and the
+    conv columns the draft tokens need, and a split that fits the batch's sequences and tokens."""
+    nd, ndt, np_, npt, num_slots, num_spec, nc, _ = values
+    if conv_state.shape[0] != num_slots:
+        checks.fail(f"metadata was built for num_slots={num_slots} but the pools have {conv_state.shape[0]} slots "
+                    f"(conv_state {list(conv_state.shape)}, ssm_state {list(ssm_state.shape)})")
+    W = conv_width
+    if state_indices.shape[1] != 1 + num_spec or conv_state.shape[2] < W - 1 + num_spec:
+        checks.fail(f"metadata was built for num_spec={num_spec}: state_indices must have 1 + num_spec = "
+                    f"{1 + num_spec} columns (got {list(state_indices.shape)}) and conv_state at least "
+                    f"W - 1 + num_spec = {W - 1 + num_spec} (got {list(conv_state.shape)})")
+    N, T = state_indices.shape[0], num_tokens
+    if nd + np_ > N or ndt + npt > T or nd > ndt or np_ > npt or nc > T:
+        checks.fail(f"plan {dict(zip(PLAN_FIELDS, values))} does not fit the batch: N={N} sequences, T={T} tokens")
+
+
+def check_values(values: list[int], num_tokens: int, conv_width: int, conv_state: torch.Tensor,
+                 query_start_loc: torch.Tensor, state_indices: torch.Tensor, num_accepted_tokens: torch.Tensor,
+                 chunk_plan: torch.Tensor | None, read_device: bool = False) -> None:
+    """The per-token checks of hand-built metadata: sequence bounds, slots in range, speculative counts that fit
+    the pools, the plan and the chunk layout against query_start_loc. Only where the values are on the host,
+    unless ``read_device`` (which copies device tensors back: a sync)."""
+    nd, ndt, np_, npt, num_slots, num_spec, nc, _ = values
+    T, W = num_tokens, conv_width
+    tensors = (query_start_loc, state_indices, num_accepted_tokens, chunk_plan)
+    if read_device:
+        tensors = tuple(None if t is None else t.cpu() for t in tensors)
+    qsl, idx, acc, chunk_plan = tensors
+    if not all(checks.host_values(t) for t in (qsl, idx, acc)):
+        return  # on a device: build_metadata checks them on the host
+    check_query_start_loc(qsl, T)
+    v = qsl.tolist()
+    if v[nd] != ndt or v[nd + np_] != ndt + npt:
+        checks.fail(
+            f"counts {[nd, ndt, np_, npt]} disagree with query_start_loc {v}: decodes must end at token "
+            f"{v[nd]} and prefills at token {v[nd + np_]}"
+        )
+    check_slots("state_indices", idx, num_slots)
+    S, room = idx.shape[1], conv_state.shape[2] - (W - 1)
+    lim = min(S, room + 1)
+    for i, (n, a) in enumerate(zip((b_ - a_ for a_, b_ in zip(v[:nd], v[1 : nd + 1])), acc[:nd].tolist())):
+        if not 1 <= a <= lim or n > lim:
+            checks.fail(
+                f"sequence {i}: num_accepted_tokens={a} and {n} new tokens must both lie in [1, {lim}] for "
+                f"state_indices with {S} columns and a conv state of {conv_state.shape[2]} columns for width {W}"
+            )
+    if chunk_plan is not None and checks.host_values(chunk_plan):
+        want, want_nc = chunk_layout([e - s for s, e in zip(v[nd : nd + np_], v[nd + 1 : nd + np_ + 1])], T)
+        if want_nc != nc or not torch.equal(chunk_plan, want):
+            checks.fail(f"chunk_plan (num_chunks={nc}) disagrees with the prefill lengths in query_start_loc {v}")

@@ -14,7 +14,7 @@ def _i32(x):
 
 
 def _checked(plan: torch.Tensor, checked: bool) -> torch.Tensor:
-    from gdn_fx.ops.plan import CHECKED
+    from gdn_fx.metadata import CHECKED
 
     plan = plan.clone()
     plan[CHECKED] = int(checked)

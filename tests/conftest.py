@@ -37,6 +37,21 @@ def fresh_dynamo():
 
 
 @pytest.fixture
+def setenv(monkeypatch):
+    """setenv(name, value): a gdn_fx switch set for this test (gdn_fx.envs reads the environment again, and
+    once more after the test, when the variable is back as it was)."""
+    from gdn_fx import envs
+
+    def set_(name: str, value: str):
+        monkeypatch.setenv(name, value)
+        envs.reload()
+
+    yield set_
+    monkeypatch.undo()
+    envs.reload()
+
+
+@pytest.fixture
 def device() -> torch.device:
     """Device of the device-parametrized tests: $GDN_FX_TEST_DEVICE, cpu by default (tools/gpu_check.sh sets cuda)."""
     return torch.device(os.environ.get("GDN_FX_TEST_DEVICE", "cpu"))

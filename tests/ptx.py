@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 # Triton types of the decode step's kernels' non-constexpr arguments (bf16 activations, fp32 state): the core
-# decode (gdn_fx/ops/core/decode_kernel.py), its TMA twin (decode_tma.py, less its descriptor) and the skinny
+# decode (gdn_fx/ops/gdn_core/decode_triton.py), its TMA twin (decode_tma.py, less its descriptor) and the skinny
 # GEMM. tests/test_pdl.py, tests/test_core_decode_tma.py and bench/kernel_resources.py compile with them.
 CORE_SIGNATURE = {n: "*bf16" for n in ("x", "conv_w", "conv_b", "conv_state", "a", "b", "out")} | {
     n: "*fp32" for n in ("A_log", "dt_bias", "state")} | {n: "*i32" for n in ("qsl", "idx", "acc", "counters")} | {

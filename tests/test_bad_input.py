@@ -66,7 +66,7 @@ VALUE_CASES = [
 
 
 def _plan(args, **fields):
-    from gdn_fx.ops.plan import PLAN_FIELDS
+    from gdn_fx.metadata import PLAN_FIELDS
 
     plan = args[14].clone()
     for name, value in fields.items():
@@ -93,11 +93,11 @@ def test_bad_input_raises_before_writing(op, i, bad, words):
 
 @pytest.mark.parametrize("check_values", [False, True], ids=["hand_built", "GDN_FX_CHECK_VALUES"])
 @pytest.mark.parametrize("op,i,bad,words", VALUE_CASES, ids=[f"{c[3][0]}-{n}" for n, c in enumerate(VALUE_CASES)])
-def test_bad_values_raise_before_writing(op, i, bad, words, check_values, monkeypatch):
+def test_bad_values_raise_before_writing(op, i, bad, words, check_values, setenv):
     """Hand-built metadata has its values checked by the op; metadata from build_metadata only with the debug
     switch on (its values were checked on the host when it was built)."""
     if check_values:
-        monkeypatch.setenv("GDN_FX_CHECK_VALUES", "1")
+        setenv("GDN_FX_CHECK_VALUES", "1")
     _raises_before_writing(op_args(op, checked=check_values), op, i, bad, words)
 
 
@@ -153,12 +153,13 @@ def _layer_and_pools(num_slots=8, num_spec=0):
 @pytest.mark.parametrize(
     "meta_kwargs,pool_kwargs,words",
     [
-        ({"num_slots": 16}, {"num_slots": 8}, ["num_slots=16", "conv_state has 8 slots"]),
+        ({"num_slots": 16}, {"num_slots": 8}, ["num_slots=16", "the pools have 8 slots"]),
         ({"num_slots": 8, "num_spec": 2}, {"num_slots": 8, "num_spec": 0}, ["num_spec=2", "W - 1 + num_spec = 5"]),
     ],
     ids=["slots", "spec"],
 )
-def test_forward_serving_checks_the_pools_before_any_kernel(meta_kwargs, pool_kwargs, words):
+def test_forward_serving_checks_the_pools_before_writing_them(meta_kwargs, pool_kwargs, words):
+    """The core op checks the pools against the metadata (one place, whoever calls it) before it writes them."""
     layer, conv_state, ssm_state = _layer_and_pools(**pool_kwargs)
     meta = build_metadata([Request(1, 3, num_computed_tokens=2), Request(4, 5)], **meta_kwargs)
     snapshot = conv_state.clone(), ssm_state.clone()

@@ -42,14 +42,3 @@ def test_layer_bench_plan():
                        "--env-variant", "b=gdn_fx_nopdl@Z=0"])
     assert args.plan == [("stock_compile", "stock_compile", None), ("gdn_fx_nopdl", "gdn_fx", {"GDN_FX_PDL": "0"}),
                          ("a", "gdn_fx", {"X": "1", "Y": "2,3"}), ("b", "gdn_fx", {"GDN_FX_PDL": "0", "Z": "0"})]
-
-
-def test_core_hints_experiment_patches_the_kernel(tmp_path):
-    """bench/exp_core_hints.py rewrites the core decode's state load and store: each of its variants still finds
-    them in decode_kernel.py, once each, and imports."""
-    from bench.experiments import exp_core_hints as exp
-
-    for name, edits in exp.VARIANTS.items():
-        src = exp.variant(name, tmp_path).__file__
-        text = Path(src).read_text()
-        assert all(new in text for _, new in edits), name

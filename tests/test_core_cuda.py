@@ -15,8 +15,10 @@ CHECK = textwrap.dedent("""
     import itertools, sys, torch
     from gdn_fx import Request, build_metadata, ops
     from gdn_fx.ops import registry
-    from gdn_fx.ops.core.cuda import gdn_core_cuda
+    from gdn_fx.ops.gdn_core.cuda import TRITON, gdn_core_cuda
     DEV, FULL = sys.argv[1], sys.argv[2] == "full"
+    # a Triton core decode configuration (BV, warps, tiles per program[, hint]), else the kernel the op chooses
+    DECODE = (TRITON, tuple(int(v) for v in sys.argv[3].split(","))) if len(sys.argv) > 3 else None
     reference = registry.get("gdn_core").reference
     g = torch.Generator().manual_seed(0)
     # each head ratio once, each head-dim pair at least once (every new shape compiles every kernel)
@@ -63,7 +65,8 @@ CHECK = textwrap.dedent("""
         assert dx.stride(0) == x.stride(0) and db.stride(0) == b.stride(0), "the views' strides"
         gdn_core_cuda(dx, db, da, w.to(torch.bfloat16).to(DEV), None, A_log.to(DEV), dt.to(DEV),
                       *dpools, got, dm.query_start_loc, dm.state_indices, dm.has_initial_state,
-                      dm.num_accepted_tokens, dm.plan, NK, DK, neg, dm.chunk_plan if planned else None)
+                      dm.num_accepted_tokens, dm.plan, NK, DK, neg, dm.chunk_plan if planned else None,
+                      decode=DECODE)
         case = f"DK={DK} DV={DV} R={R} lens={lens} planned={planned}"
         torch.testing.assert_close(got.cpu().float(), want.float(), rtol=3e-2, atol=3e-2, msg=lambda m: f"{case}: {m}")
         assert torch.equal(dpools[0].cpu(), pools[0]), case  # conv state: data movement, bit-exact
@@ -77,17 +80,15 @@ CHECK = textwrap.dedent("""
 # three whole blocks (the unmasked path; several programs per key head: the q/k conv state's
 # last-arriver update), one program per key head looping over all its tiles (no handshake), three
 # tiles a program (at ratio 3: three programs per key head, each looping), two ragged tiles a program
-# (the fourth field: the state's cache hint, decode_kernel.HINTS)
+# (the fourth field: the state's cache hint, decode_triton.HINTS)
 @pytest.mark.parametrize("decode_config", [None, "8,1,1", "8,2,64,3", "8,1,3,1", "16,1,2"],
                          ids=["default", "3_value_blocks", "one_program_per_key_head", "3_tiles_per_program",
                               "ragged_tiles_looped"])
 def test_core_cuda_logic_interpreted(decode_config):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    if decode_config:  # several programs per value head: the q/k conv state's last-arriver update
-        env["GDN_FX_DECODE_CONFIG"] = decode_config
-    res = subprocess.run([sys.executable, "-c", CHECK, "cpu", "small"], env=env, capture_output=True, text=True,
-                         timeout=900)
+    res = subprocess.run([sys.executable, "-c", CHECK, "cpu", "small", *([decode_config] if decode_config else [])],
+                         env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0 and "core ok" in res.stdout, res.stderr[-3000:]
 
 
@@ -96,9 +97,8 @@ def test_core_cuda_logic_interpreted(decode_config):
                          ids=["default", "BV16", "one_program_per_key_head", "2_tiles_per_program",
                               "write_through"])
 def test_core_cuda_odd_sizes(decode_config):
-    env = dict(os.environ, **({"GDN_FX_DECODE_CONFIG": decode_config} if decode_config else {}))
-    res = subprocess.run([sys.executable, "-c", CHECK, "cuda", "full"], env=env, capture_output=True, text=True,
-                         timeout=900)
+    res = subprocess.run([sys.executable, "-c", CHECK, "cuda", "full", *([decode_config] if decode_config else [])],
+                         capture_output=True, text=True, timeout=900)
     assert res.returncode == 0 and "core ok" in res.stdout, res.stderr[-3000:]
     print(res.stdout)
 
@@ -108,12 +108,12 @@ def test_state_cache_hints_compile_as_named(name):
     """Each cache hint of the core decode (the config's fourth field) reaches the state's loads and stores in the
     sm_90 PTX, and nothing else changes: the same loads and stores, hinted."""
     from gdn_fx.ops import pdl
-    from gdn_fx.ops.core import decode_kernel as dk
+    from gdn_fx.ops.gdn_core import decode_triton as dk
     from tests.ptx import CORE_SIGNATURE, ptx_sm90
 
     hint = dk.HINTS.index(name)
     _, const = dk.launch_geometry(1, 1, 2, 4, 128, 128, 4, 1, 128, 2)
-    const |= dict(HAS_BIAS=False, NEG=False, PDL=pdl.LATE, PREFETCH=False, LINE=32, HINT=hint)
+    const |= dict(HAS_BIAS=False, NEG=False, PDL=True, PREFETCH=False, LINE=32, HINT=hint)
     aligned = {n for n, t in CORE_SIGNATURE.items() if t.startswith("*")}
     ptx, base = (ptx_sm90(dk._core_decode_kernel, CORE_SIGNATURE, const | {"HINT": h}, aligned, 4) for h in (hint, 0))
     # the state tile's 16-byte accesses: [128, 128] fp32 over 128 threads, 32 loads and 32 stores a thread

@@ -1,4 +1,4 @@
-"""The core decode's TMA kernel (gdn_fx.ops.core.decode_tma): where it applies, its knob, its sm_90 code
+"""The core decode's TMA kernel (gdn_fx.ops.gdn_core.decode_tma): where it applies, its switch, its sm_90 code
 (compiled on any machine with Triton's NVIDIA backend), and on an sm_90+ GPU every tuner candidate against
 the two-op path (conv decode, then the recurrence) at odd sizes, under the dispatch and in a CUDA graph."""
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from gdn_fx.ops.core import decode_tma
+from gdn_fx.ops.gdn_core import cuda, decode_tma
 from gdn_fx.tuning import sweep
 
 from tests.ptx import CORE_SIGNATURE
@@ -15,18 +15,21 @@ from tests.ptx import CORE_SIGNATURE
 # the kernel's Triton signature at a decode step: the Triton kernel's (tests/ptx.py), its tensor descriptor apart
 SIGNATURE = CORE_SIGNATURE
 
-def test_knob_parses_and_names_bad_values(monkeypatch):
-    dev = torch.device("cpu")
-    monkeypatch.setenv("GDN_FX_CORE_TMA", "64,4,2,2,1")
-    assert decode_tma.config(128, 128, 8, 32, dev) == (64, 4, 2, 2, 1)
-    monkeypatch.setenv("GDN_FX_CORE_TMA", "0")
-    assert decode_tma.config(128, 128, 8, 32, dev) == decode_tma.OFF
-    for bad in ("64,4,2,2", "64,4,0,2,1", "64,4,2,2,3", "64,four,2,2,1", ""):
-        monkeypatch.setenv("GDN_FX_CORE_TMA", bad)
-        with pytest.raises(ValueError, match="GDN_FX_CORE_TMA"):
-            decode_tma.config(128, 128, 8, 32, dev)
-    monkeypatch.delenv("GDN_FX_CORE_TMA")
-    assert decode_tma.config(128, 128, 8, 32, dev) == decode_tma.OFF  # no table off cuda: the Triton kernel
+def test_chosen_where_the_table_names_it_unless_switched_off(monkeypatch, setenv):
+    """cuda.decode_kernel, the one place the decode kernel is chosen: the TMA kernel where the table names a
+    configuration and the kernel supports the batch, unless GDN_FX_CORE_TMA=0; else the Triton kernel."""
+    x, w, conv = torch.zeros(2, 2 * 16 + 2 * 16), torch.zeros(2 * 16 + 2 * 16, 4), torch.zeros(4, 64, 3)
+    ssm, idx = torch.zeros(4, 2, 16, 16), torch.zeros(2, 1, dtype=torch.int32)
+    assert decode_tma.config(16, 16, 2, 2, x.device) == decode_tma.OFF  # no table off cuda
+    assert cuda.decode_kernel(x, w, conv, ssm, idx)[0] == cuda.TRITON
+    monkeypatch.setattr(decode_tma, "config", lambda *a: (16, 4, 2, 2, 1))
+    monkeypatch.setattr(decode_tma, "supports", lambda *a: True)
+    assert cuda.decode_kernel(x, w, conv, ssm, idx) == (cuda.TMA, (16, 4, 2, 2, 1))
+    setenv("GDN_FX_CORE_TMA", "0")
+    assert cuda.decode_kernel(x, w, conv, ssm, idx)[0] == cuda.TRITON
+    with pytest.raises(ValueError, match="GDN_FX_CORE_TMA='64,4,2,2,1': expected 0 or 1"):
+        setenv("GDN_FX_CORE_TMA", "64,4,2,2,1")
+    assert cuda.decode_kernel(x, w[:, :1], conv, ssm, idx)[0] == cuda.TWO_OPS  # width 1: neither kernel
 
 
 def test_never_applies_off_cuda():
@@ -124,16 +127,14 @@ def _two_ops(c):
 
 
 def _dispatch(c, conv, ssm, out):
-    """The core decode as the core op calls it: the configuration from GDN_FX_CORE_TMA (or the table)."""
-    from gdn_fx.ops.core.decode_kernel import core_decode_triton
-
-    core_decode_triton(c["x"], c["a"], c["b"], c["w"], c["cb"], c["A_log"], c["dt"], conv, ssm, c["qsl"], c["idx"],
-                       c["acc"], c["NK"], c["DK"], c["DK"] ** -0.5, False, out)
+    """The core decode as the core op runs it: the kernel cuda.decode_kernel chooses, launched."""
+    cuda.decode_part(c["x"], c["a"], c["b"], c["w"], c["cb"], c["A_log"], c["dt"], conv, ssm, c["qsl"], c["idx"],
+                     c["acc"], c["NK"], c["DK"], c["DK"] ** -0.5, False, out)
     return out
 
 
 def _check(c, want, cfg, monkeypatch, graph=False):
-    monkeypatch.setenv("GDN_FX_CORE_TMA", ",".join(map(str, cfg)))
+    monkeypatch.setattr(decode_tma, "config", lambda *a: tuple(cfg))  # as if the GPU's table named cfg
     conv, ssm = c["conv"].clone(), c["ssm"].clone()
     out = torch.full((c["T"], c["NV"], c["DV"]), float("nan"), device="cuda", dtype=torch.bfloat16)
     if graph:  # captured with other inputs, replayed on these: nothing of the batch's values is baked in

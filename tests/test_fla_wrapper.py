@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from gdn_fx.ops import NULL_SLOT
+from gdn_fx.metadata import NULL_SLOT
 from gdn_fx.ops.delta_rule import fla
 from tests import oracle
 
@@ -72,17 +72,14 @@ def test_chunk_prefill_bookkeeping(fake_fla):
     assert torch.equal(pool[untouched], before[untouched])
 
 
-def test_usable_needs_a_tested_version_or_the_opt_in(monkeypatch):
+def test_usable_needs_a_tested_version_or_the_opt_in(monkeypatch, setenv):
     versions = {"fla-core": "0.6.0"}
     monkeypatch.setattr(fla.importlib.metadata, "version", lambda name: versions[name])
     monkeypatch.setattr(fla.importlib.util, "find_spec", lambda name: object())
-    for env, tested, want in ((None, (), False), ("1", (), True), (None, ("0.6.0",), True)):
+    for env, tested, want in (("0", (), False), ("1", (), True), ("0", ("0.6.0",), True)):
         fla.usable.cache_clear()
         monkeypatch.setattr(fla, "TESTED_VERSIONS", tested)
-        if env is None:
-            monkeypatch.delenv("GDN_FX_FLA", raising=False)
-        else:
-            monkeypatch.setenv("GDN_FX_FLA", env)
+        setenv("GDN_FX_FLA", env)
         assert fla.usable() is want
     fla.usable.cache_clear()
 
@@ -173,7 +170,8 @@ PLANNED_CHECK = """
 import math, sys, torch
 sys.path.insert(0, sys.argv[1])
 from tests import oracle
-from gdn_fx.ops import NULL_SLOT, plan
+from gdn_fx import metadata
+from gdn_fx.metadata import NULL_SLOT
 from gdn_fx.ops.delta_rule import fla
 from gdn_fx.ops.delta_rule.chunk_gating import RCP_LN2, chunk_gating
 
@@ -184,8 +182,8 @@ rnd = lambda *s: torch.randn(*s, generator=gen)
 # continued, empty (fresh slot: must keep its state), NULL padding, fresh over 2 chunks, one token
 lens, slots, init = [70, 0, 5, 130, 1], [4, 2, NULL_SLOT, 1, 5], [True, False, False, False, True]
 T = sum(lens) + 3  # rows past the last sequence
-layout, nc = plan.chunk_layout(lens, T)
-cu, offsets, chunks = plan.chunk_views(layout, len(lens), nc)
+layout, nc = metadata.chunk_layout(lens, T)
+cu, offsets, chunks = metadata.chunk_views(layout, len(lens), nc)
 assert nc == 2 + 0 + 1 + 3 + 1 and cu.tolist() == [0, 70, 70, 75, 205, 206] and offsets.tolist() == [0, 2, 2, 3, 6, 7]
 assert chunks.tolist() == [[0, 0], [0, 1], [2, 0], [3, 0], [3, 1], [3, 2], [4, 0]]
 A_log, dt_bias = 0.5 * rnd(NV), 0.5 * rnd(NV)

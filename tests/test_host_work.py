@@ -15,7 +15,7 @@ import torch
 
 from gdn_fx import Request, build_metadata
 from gdn_fx.ops import registry
-from gdn_fx.ops.plan import PLAN_FIELDS
+from gdn_fx.metadata import PLAN_FIELDS
 
 pytest.importorskip("triton")
 
@@ -78,7 +78,7 @@ def test_host_tensor_probe_sees_a_per_token_read():
 
 
 def test_core_op_host_work_is_independent_of_T(monkeypatch):
-    from gdn_fx.ops.core import cuda
+    from gdn_fx.ops.gdn_core import cuda
 
     launches = []
 
@@ -92,8 +92,8 @@ def test_core_op_host_work_is_independent_of_T(monkeypatch):
         T = x.shape[0]
         return (torch.empty(T, NK, DK, device="meta"),) * 2 + (torch.empty(T, NV, DV, device="meta"),)
 
-    monkeypatch.setattr(cuda.decode_kernel, "supports", lambda *a: True)
-    monkeypatch.setattr(cuda.decode_kernel, "core_decode_triton", record("decode"))
+    monkeypatch.setattr(cuda.decode_triton, "supports", lambda *a: True)
+    monkeypatch.setattr(cuda.decode_triton, "core_decode_triton", record("decode"))
     monkeypatch.setattr(cuda, "conv1d_prefill_split_triton", record("conv", split_outputs))
     monkeypatch.setattr(cuda.fla, "serves", lambda *a: True)
     monkeypatch.setattr(cuda.fla, "chunk_prefill_planned", record("chunk"))

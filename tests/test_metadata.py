@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gdn_fx import NULL_SLOT, Request, build_metadata, decode_first_order
-from gdn_fx.ops import plan
+from gdn_fx import metadata
 
 
 def test_mixed_batch_split():
@@ -70,34 +70,35 @@ def test_plan_records_the_pools_and_the_chunk_layout():
             Request(129, 0)]
     m = build_metadata(reqs, num_slots=8, num_spec=1, pad_to=210)
     assert (m.num_slots, m.num_spec) == (8, 1)
-    assert dict(zip(plan.PLAN_FIELDS, m.plan.tolist())) == {
+    assert dict(zip(metadata.PLAN_FIELDS, m.plan.tolist())) == {
         "num_decodes": 1, "num_decode_tokens": 1, "num_prefills": 3, "num_prefill_tokens": 202, "num_slots": 8,
         "num_spec": 1, "num_chunks": 2 + 1 + 3, "checked": 1}
     assert m.chunk_plan.shape == (4, 211) and m.chunk_plan.dtype == torch.int32
-    cu, offsets, chunks = plan.chunk_views(m.chunk_plan, 3, 6)
+    cu, offsets, chunks = metadata.chunk_views(m.chunk_plan, 3, 6)
     assert cu.tolist() == [0, 70, 73, 202]  # relative to the first prefill token
     assert offsets.tolist() == [0, 2, 3, 6]
     assert chunks.tolist() == [[0, 0], [0, 1], [1, 0], [2, 0], [2, 1], [2, 2]]
     assert m.chunk_plan[2:].flatten()[12:].eq(0).all() and m.chunk_plan[:2, 4:].eq(0).all()
     decode_only = build_metadata([Request(1, 3, num_computed_tokens=2)], num_slots=8, pad_to=4)
-    assert decode_only.plan[plan.NUM_CHUNKS] == 0 and decode_only.chunk_plan.eq(0).all()
+    assert decode_only.plan[metadata.NUM_CHUNKS] == 0 and decode_only.chunk_plan.eq(0).all()
 
 
 def test_chunk_layout_rejects_what_does_not_fit():
     with pytest.raises(ValueError, match="do not fit T=5"):
-        plan.chunk_layout([3, 4], 5)
+        metadata.chunk_layout([3, 4], 5)
 
 
-def test_check_pools_names_both_numbers():
+def test_check_batch_names_both_numbers():
     m = build_metadata([Request(1, [1, 2, 3], num_computed_tokens=4)], num_slots=16, num_spec=2)
     conv, ssm = torch.zeros(16, 6, 5), torch.zeros(16, 2, 3, 3)
-    m.check_pools(conv, ssm, conv_width=4)
-    with pytest.raises(ValueError, match=r"num_slots=16 but conv_state has 8 slots"):
-        m.check_pools(conv[:8], ssm[:8])
-    with pytest.raises(ValueError, match=r"num_slots=16 but ssm_state has 15 slots"):
-        m.check_pools(conv, ssm[:15])
-    with pytest.raises(ValueError, match=r"num_spec=2 but conv_state has shape \[16, 6, 3\].*W - 1 \+ num_spec = 5"):
-        m.check_pools(conv[..., :3], ssm, conv_width=4)
+    values = m.plan.tolist()
+    metadata.check_batch(values, conv, ssm, m.state_indices, 4, 1)
+    with pytest.raises(ValueError, match=r"num_slots=16 but the pools have 8 slots \(conv_state \[8, 6, 5\]"):
+        metadata.check_batch(values, conv[:8], ssm[:8], m.state_indices, 4, 1)
+    with pytest.raises(ValueError, match=r"num_spec=2: .*conv_state at least W - 1 \+ num_spec = 5 \(got \[16, 6, 3\]"):
+        metadata.check_batch(values, conv[..., :3], ssm, m.state_indices, 4, 1)
+    with pytest.raises(ValueError, match=r"does not fit the batch: N=1 sequences, T=0 tokens"):
+        metadata.check_batch(values, conv, ssm, m.state_indices, 4, 0)
 
 
 def test_num_slots_must_be_positive():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gdn_fx import ops
-from gdn_fx.ops import NULL_SLOT
+from gdn_fx.metadata import NULL_SLOT
 from tests import oracle
 
 

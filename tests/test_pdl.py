@@ -17,7 +17,7 @@ MEMORY = re.compile(r"\b(?:ld\.(?:volatile\.)?global|st\.global|atom\.|red\.|cp\
 
 def _kernels():
     """(name, kernel, signature, constexprs, divisible_by_16, warps) of each kernel that takes PDL."""
-    from gdn_fx.ops.core import decode_kernel as dk
+    from gdn_fx.ops.gdn_core import decode_triton as dk
     from gdn_fx.ops.linear import triton_kernel as lk
     from gdn_fx.ops.norm_gate import triton_kernel as nk
     from gdn_fx.ops.unpack import triton_kernel as uk
@@ -45,11 +45,10 @@ def _kernels():
     ]
 
 
-@pytest.mark.parametrize("mode", [pdl.EARLY, pdl.LATE], ids=["early", "late"])
 @pytest.mark.parametrize("case", _kernels(), ids=lambda c: c[0])
-def test_kernel_waits_before_any_memory_access(case, mode):
+def test_kernel_waits_before_any_memory_access(case):
     _, kernel, sig, const, warps = case
-    ptx = ptx_sm90(kernel, sig, const | {"PDL": mode}, set(), warps)
+    ptx = ptx_sm90(kernel, sig, const | {"PDL": True}, set(), warps)
     wait = ptx.find("griddepcontrol.wait")
     release = ptx.find("griddepcontrol.launch_dependents")
     first = MEMORY.search(ptx)
@@ -58,53 +57,31 @@ def test_kernel_waits_before_any_memory_access(case, mode):
         before = MEMORY.findall(ptx[:wait])
         assert before == ["ld.volatile.global"], f"memory accesses before the wait: {before}"
         first = MEMORY.search(ptx, wait)
-        off = ptx_sm90(kernel, sig, const | {"PDL": mode, "PREFETCH": False}, set(), warps)
+        off = ptx_sm90(kernel, sig, const | {"PDL": True, "PREFETCH": False}, set(), warps)
         assert MEMORY.search(off).start() > off.find("griddepcontrol.wait"), "without the prefetch: no access before"
     assert first is not None and first.start() > wait, f"memory access before the wait: {first.group()}"
-    if mode == pdl.LATE:  # the release comes after the kernel's first loads
-        assert first.start() < release
+    assert first.start() < release  # the release comes after the kernel's first loads
     if "PREFETCH" in const:  # the L2 requests (weight, state tile) come before the wait
         assert 0 <= ptx.find("prefetch.global.L2") < wait
-    off = ptx_sm90(kernel, sig, const | {"PDL": 0}, set(), warps)
+    off = ptx_sm90(kernel, sig, const | {"PDL": False}, set(), warps)
     assert "griddepcontrol" not in off
 
 
-def test_mode(monkeypatch):
-    assert pdl.mode(torch.device("cpu")) == 0
-    monkeypatch.setenv("GDN_FX_PDL", "0")
-    assert pdl.mode(torch.device("cuda", 0)) == 0
-    assert pdl.options(0) == {} and pdl.options(pdl.LATE) == {"launch_pdl": True}
-    monkeypatch.setenv("GDN_FX_PDL", "sometimes")
-    with pytest.raises(ValueError, match="GDN_FX_PDL='sometimes'"):
-        pdl.mode(torch.device("cuda", 0))
+def test_mode(setenv):
+    assert not pdl.mode(torch.device("cpu"))
+    setenv("GDN_FX_PDL", "0")
+    assert not pdl.mode(torch.device("cuda", 0))
+    assert pdl.options(False) == {} and pdl.options(True) == {"launch_pdl": True}
+    with pytest.raises(ValueError, match="GDN_FX_PDL='sometimes': expected 0 or 1"):
+        setenv("GDN_FX_PDL", "sometimes")
 
 
-def test_prefetch_steps(monkeypatch):
-    from gdn_fx.ops.linear.triton_kernel import prefetch_steps
+def test_state_prefetch():
+    from gdn_fx.ops.gdn_core.decode_triton import PREFETCH_FROM, state_prefetch
 
-    assert prefetch_steps(8) == 1
-    for env, want in (("0", 0), ("first", 1), ("all", 8)):
-        monkeypatch.setenv("GDN_FX_L2_PREFETCH", env)
-        assert prefetch_steps(8) == want
-    monkeypatch.setenv("GDN_FX_L2_PREFETCH", "most")
-    with pytest.raises(ValueError, match="GDN_FX_L2_PREFETCH='most'"):
-        prefetch_steps(8)
-
-
-def test_state_prefetch(monkeypatch):
-    from gdn_fx.ops.core.decode_kernel import PREFETCH_FROM, state_prefetch
-
-    monkeypatch.delenv("GDN_FX_STATE_PREFETCH", raising=False)
-    assert state_prefetch(pdl.LATE, PREFETCH_FROM) and not state_prefetch(pdl.LATE, PREFETCH_FROM - 1)
-    for env, want in (("1", True), ("0", False)):
-        monkeypatch.setenv("GDN_FX_STATE_PREFETCH", env)
-        assert state_prefetch(pdl.LATE, 1) is want
-    monkeypatch.setenv("GDN_FX_STATE_PREFETCH", "1")
-    assert not state_prefetch(0, PREFETCH_FROM)  # the request runs ahead of a PDL wait, or not at all
+    assert state_prefetch(True, PREFETCH_FROM) and not state_prefetch(True, PREFETCH_FROM - 1)
+    assert not state_prefetch(False, PREFETCH_FROM)  # the request runs ahead of a PDL wait, or not at all
     assert not state_prefetch(pdl.mode(torch.device("cpu")), PREFETCH_FROM)
-    monkeypatch.setenv("GDN_FX_STATE_PREFETCH", "yes")
-    with pytest.raises(ValueError, match="GDN_FX_STATE_PREFETCH='yes'"):
-        state_prefetch(0, 1)
 
 
 @pytest.mark.gpu
@@ -112,14 +89,14 @@ def test_mode_on_hopper():
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
     on = torch.cuda.get_device_capability()[0] >= 9
-    assert pdl.mode(torch.device("cuda")) == (pdl.DEFAULT if on else 0)
+    assert pdl.mode(torch.device("cuda")) == on
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("B", [1, 8, 32])
-def test_decode_step_same_bits_with_and_without_pdl(B, monkeypatch):
+def test_decode_step_same_bits_with_and_without_pdl(B, monkeypatch, setenv):
     """A Qwen3-Next-size layer (its projections take the skinny GEMM, split-K at out_proj), compiled by
-    gdn_fx and captured in a CUDA graph twice, with PDL (early and late release) and without: every replay gives the
+    gdn_fx and captured in a CUDA graph twice, with PDL and without: every replay gives the
     same output and pools to the bit (the kernels are deterministic; only the launches differ). The core decode's
     state prefetch (on by default only for large batches) is on, so its early read of the slot index runs too."""
     from gdn_fx import Request, build_metadata
@@ -141,10 +118,12 @@ def test_decode_step_same_bits_with_and_without_pdl(B, monkeypatch):
     meta = build_metadata([Request(1, s, num_computed_tokens=5) for s in range(0, slots, 2)], num_slots=slots,
                           device="cuda")
     h = torch.randn(B, 2048, device="cuda", dtype=torch.bfloat16)
-    monkeypatch.setenv("GDN_FX_STATE_PREFETCH", "1")
+    from gdn_fx.ops.gdn_core import decode_triton
+
+    monkeypatch.setattr(decode_triton, "PREFETCH_FROM", 0)  # the state prefetch at every batch size
     runs = {}
-    for flag in ("early", "late", "0"):
-        monkeypatch.setenv("GDN_FX_PDL", flag)
+    for flag in ("1", "0"):
+        setenv("GDN_FX_PDL", flag)
         pools = (conv.clone(), ssm.clone())
         scratch = tuple(p.clone() for p in pools)  # compile and JIT outside the capture, on scratch pools
         with torch.no_grad():
@@ -156,7 +135,7 @@ def test_decode_step_same_bits_with_and_without_pdl(B, monkeypatch):
             graph.replay()
         torch.cuda.synchronize()
         _, out0, pools0 = runs["0"]
-        for flag in ("early", "late"):
+        for flag in ("1",):
             _, out1, pools1 = runs[flag]
             assert torch.equal(out1, out0), f"{flag}, replay {i}: output"
             assert all(torch.equal(p, q) for p, q in zip(pools1, pools0)), f"{flag}, replay {i}: pools"

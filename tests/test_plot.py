@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[1]
-UNPACK = ROOT / "bench" / "results" / "unpack_h100.json"
+UNPACK = ROOT / "bench" / "results" / "unpack_h200.json"
 
 
 def _layer_json(path: Path) -> Path:

@@ -18,10 +18,10 @@ DIMS = {"core_decode": (128, 128), "norm_gate": (128,), "unpack": (12352,), "lin
 
 
 @pytest.fixture
-def h200(monkeypatch):
+def h200(monkeypatch, setenv):
     """Lookups answer as on an H200 (the device name is all a lookup reads)."""
     monkeypatch.setattr(tuning, "device_name", lambda index: "NVIDIA H200")
-    monkeypatch.delenv("GDN_FX_TUNING", raising=False)
+    setenv("GDN_FX_TUNING", "")
     return torch.device("cuda", 0)
 
 
@@ -45,10 +45,10 @@ def test_lookup_default_off_cuda_and_on_other_gpus(monkeypatch):
     assert tuning.lookup("norm_gate", torch.device("cuda", 0), (128,), 64, "rule") == "rule"
 
 
-def test_tuning_file_wins(h200, tmp_path, monkeypatch):
+def test_tuning_file_wins(h200, tmp_path, setenv):
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"configs": {"NVIDIA H200": {"norm_gate": {"128": {"1": [2, 8]}}}}}))
-    monkeypatch.setenv("GDN_FX_TUNING", str(path))
+    setenv("GDN_FX_TUNING", str(path))
     assert tuning.lookup("norm_gate", h200, (128,), 4096, None) == (2, 8)
     # a kernel the file lacks comes from the measured table
     assert tuning.lookup("unpack", h200, (12352,), 1, None) == measured.TABLE["NVIDIA H200"]["unpack"]["12352"][1]
@@ -60,10 +60,10 @@ def test_tuning_file_wins(h200, tmp_path, monkeypatch):
     (json.dumps({"NVIDIA H200": {"norm_gate": {"128": {"3": [1, 2]}}}}), ["bucket '3'", "power-of-two"]),
     (json.dumps({"NVIDIA H200": {"norm_gate": {"128": {"4": [1, -2]}}}}), ["bucket '4'", "[1, -2]"]),
 ])
-def test_bad_tuning_files_raise_naming_the_file(h200, tmp_path, monkeypatch, content, words):
+def test_bad_tuning_files_raise_naming_the_file(h200, tmp_path, setenv, content, words):
     path = tmp_path / f"bad{abs(hash(content))}.json"
     path.write_text(content)
-    monkeypatch.setenv("GDN_FX_TUNING", str(path))
+    setenv("GDN_FX_TUNING", str(path))
     with pytest.raises(ValueError) as err:
         tuning.lookup("norm_gate", h200, (128,), 1, None)
     assert str(path) in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
@@ -198,7 +198,7 @@ def test_core_decode_candidates_cuda():
     with a NULL_SLOT row and rows past the last sequence."""
     from gdn_fx import NULL_SLOT
     from gdn_fx.ops.conv1d.triton_kernel import causal_conv1d_decode_triton
-    from gdn_fx.ops.core.decode_kernel import core_decode_triton
+    from gdn_fx.ops.gdn_core.decode_triton import core_decode_triton
     from gdn_fx.ops.decode.triton_kernel import fused_recurrent_decode_triton
 
     g = torch.Generator(device="cuda").manual_seed(0)

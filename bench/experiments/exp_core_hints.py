@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.bench_decode import DK, DV, NK, NV, core_inputs, recurrence_inputs  # noqa: E402
 from bench.common import copy_bandwidth, interleaved_graph_times  # noqa: E402
 from gdn_fx import ops  # noqa: E402
-from gdn_fx.ops.core import decode_kernel as dk  # noqa: E402
+from gdn_fx.ops.gdn_core import decode_triton as dk  # noqa: E402
 
 LOAD = "h = tl.load(p_read).to(tl.float32)"
 STORE = "tl.store(p_write, h.to(state.dtype.element_ty))"

@@ -1,6 +1,6 @@
 """Experiment (issue 12, bench/README.md part 10): the decode recurrence alone (post-conv inputs, one token a
 sequence, Qwen3-Next dims) with the state streamed through shared memory by TMA in a persistent Gluon kernel,
-before building the conv-fused kernel (gdn_fx/ops/core/decode_tma.py). Question: with the state tile out of
+before building the conv-fused kernel (gdn_fx/ops/gdn_core/decode_tma.py). Question: with the state tile out of
 the registers (the loads in flight bounded by shared memory), how near the state floor does the kernel get?
 Anchors in the same run: gdn_fx's Triton recurrence (fused_recurrent_decode) and an in-place elementwise
 kernel over the same bytes (torch's mul_, the read-modify-write ceiling). Every configuration is checked
@@ -25,7 +25,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # the shipped kernel's names for the barrier and the TMA load across Triton versions, and its tile layout
-from gdn_fx.ops.core.decode_tma import _cta_barrier, _tma_load, state_layout  # noqa: E402
+from gdn_fx.ops.gdn_core.decode_tma import _cta_barrier, _tma_load, state_layout  # noqa: E402
 
 NK, NV, DK, DV = 16, 32, 128, 128
 

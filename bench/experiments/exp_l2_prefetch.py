@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import device_info, interleaved_graph_times, save  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402
-from gdn_fx.ops.core.decode_kernel import core_decode_triton  # noqa: E402
+from gdn_fx.ops.gdn_core.decode_triton import core_decode_triton  # noqa: E402
 from gdn_fx.ops.linear.triton_kernel import linear_triton  # noqa: E402
 
 NK, NV, DK, DV, H, W = 16, 32, 128, 128, 2048, 4

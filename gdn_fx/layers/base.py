@@ -146,7 +146,6 @@ class GatedDeltaNet(nn.Module):
         or the metadata (shapes only: under torch.compile these checks cost nothing at run time).
         """
         self._check_serving_inputs(hidden_states, conv_state, meta)
-        meta.check_pools(conv_state, ssm_state, conv_width=self.conv_kernel_size)
         self.check_no_grad(hidden_states)
         mixed_qkv, z, b, a = self.project(hidden_states)
         core_attn_out = torch.empty(

@@ -5,9 +5,8 @@ other global state.
 """
 
 from gdn_fx.ops import registry
-from gdn_fx.ops.checks import NULL_SLOT
 from gdn_fx.ops.conv1d import causal_conv1d_decode, causal_conv1d_prefill
-from gdn_fx.ops.core import gdn_core
+from gdn_fx.ops.gdn_core import gdn_core
 from gdn_fx.ops.decode import fused_recurrent_decode
 from gdn_fx.ops.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from gdn_fx.ops.gating import gating
@@ -16,7 +15,6 @@ from gdn_fx.ops.norm_gate import norm_gate
 from gdn_fx.ops.unpack import unpack
 
 __all__ = [
-    "NULL_SLOT",
     "causal_conv1d_decode",
     "causal_conv1d_prefill",
     "chunk_gated_delta_rule",

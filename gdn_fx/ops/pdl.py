@@ -3,7 +3,7 @@
 A kernel launched with PDL may be scheduled while the kernel before it on the stream is still running;
 its programs then stop at ``gdc_wait`` until that kernel has finished and its writes are visible. What
 this hides is the gap between two kernels (the launch, the programs' start-up): 1.1-2.2 us of a decode
-step of four short kernels on an H200 (bench/README.md).
+step of four short kernels on an H200 (bench/experiments/LOG.md, part 5).
 
 The protocol every kernel here follows, and why it is safe after any kernel, PDL-aware or not:
 - ``wait`` (``gdc_wait``) comes before the kernel's first global memory access, so it writes nothing and
@@ -17,13 +17,12 @@ The protocol every kernel here follows, and why it is safe after any kernel, PDL
   transitive down the stream, as without PDL.
 A kernel launched the ordinary way after one of ours waits for it to finish, as always.
 
-Where a kernel releases the next: LATE (the default), once its main loads and loop are issued, or EARLY,
-right after its wait. EARLY cost 3.9 us at B = 32 where LATE saved 2.2 (H200, Qwen3-Next layer step; not
-profiled, likely because the next kernel's programs then sit on the SMs for the whole kernel).
+A kernel releases the next (``release``) once its main loads and loop are issued. Releasing right after
+the wait cost 3.9 us at B = 32 where this saved 2.2 (H200, Qwen3-Next layer step; bench/experiments/LOG.md).
 
-``mode(device)`` is 0 (ordinary launches), EARLY or LATE; kernels take it as their ``PDL`` constexpr, so
-the interpreter and older GPUs compile no PDL instruction, and ``options(mode)`` is the launch's keyword
-arguments. ``GDN_FX_PDL=0|early|late`` overrides the default (A/B timing, or to turn it off).
+``mode(device)`` is whether kernels on ``device`` launch with PDL; kernels take it as their ``PDL`` constexpr,
+so the interpreter and older GPUs compile no PDL instruction, and ``options(mode)`` is the launch's keyword
+arguments. ``GDN_FX_PDL=0`` turns it off (``gdn_fx.envs``).
 """
 
 import functools
@@ -33,9 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-EARLY, LATE = 1, 2  # where a kernel lets the next one launch: right after its wait, or once its main work is issued
-DEFAULT = LATE
-_MODES = {"0": 0, "off": 0, "early": EARLY, "late": LATE}
+from gdn_fx import envs
 
 
 @functools.cache
@@ -49,36 +46,30 @@ def _supported(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def mode(device: torch.device) -> int:
-    """0 (ordinary launches), EARLY or LATE on ``device``: ``GDN_FX_PDL`` (0 / early / late) where the GPU and
-    Triton support PDL, else 0."""
-    if device.type != "cuda":
-        return 0
-    env = os.environ.get("GDN_FX_PDL")
-    m = DEFAULT if env is None else _MODES.get(env)
-    if m is None:
-        raise ValueError(f"GDN_FX_PDL={env!r}: expected one of {sorted(_MODES)}")
-    return m if m and _supported(device.index if device.index is not None else torch.cuda.current_device()) else 0
+def mode(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with PDL: on where the GPU (sm_90+) and Triton support it, unless
+    ``GDN_FX_PDL=0``."""
+    if device.type != "cuda" or not envs.settings().pdl:
+        return False
+    return _supported(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def options(m: int) -> dict:
+def options(m: bool) -> dict:
     """A launch's keyword arguments for PDL mode ``m``."""
     return {"launch_pdl": True} if m else {}
 
 
 @triton.jit
 def wait(PDL: tl.constexpr):
-    """A kernel's first statement: under PDL, wait for the kernel before (EARLY: then let the next one launch)."""
+    """A kernel's first statement: under PDL, wait for the kernel before."""
     if PDL:
         tl.extra.cuda.gdc_wait()
-    if PDL == 1:
-        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
 def release(PDL: tl.constexpr):
-    """After a kernel's main loads and loop (LATE): let the next kernel launch."""
-    if PDL == 2:
+    """After a kernel's main loads and loop: let the next kernel launch."""
+    if PDL:
         tl.extra.cuda.gdc_launch_dependents()
 
 

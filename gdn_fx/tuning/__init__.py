@@ -25,6 +25,7 @@ import os
 
 import torch
 
+from gdn_fx import envs
 from gdn_fx.tuning import measured
 
 KERNELS = ("core_decode", "core_decode_tma", "norm_gate", "unpack", "linear", "norm_gate_linear")
@@ -97,7 +98,7 @@ def lookup(kernel: str, device: torch.device, dims, n: int, default: tuple) -> t
     if device.type != "cuda":
         return default
     name = device_name(device.index if device.index is not None else torch.cuda.current_device())
-    return _lookup(kernel, name, tuple(dims), bucket(n), os.environ.get("GDN_FX_TUNING"), default)
+    return _lookup(kernel, name, tuple(dims), bucket(n), envs.settings().tuning_file, default)
 
 
 @functools.lru_cache(maxsize=4096)

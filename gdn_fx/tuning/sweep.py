@@ -33,14 +33,14 @@ def gemm_block_m(M: int) -> int:
 
 def candidates(kernel: str, dims: tuple) -> list[tuple]:
     """The search space of ``kernel`` for ``dims`` (every entry is exercised by the kernel's tests)."""
-    if kernel == "core_decode":  # (BV, num_warps, tiles per program, cache hint: decode_kernel.HINTS)
+    if kernel == "core_decode":  # (BV, num_warps, tiles per program, cache hint: decode_triton.HINTS)
         bvs = [bv for bv in (16, 32, 64, 128) if bv <= max(16, 1 << (dims[1] - 1).bit_length())]
         tiles = list(itertools.product(bvs, (1, 2, 4), (1, 2, 64)))
         # the hints only on the tiles the large batches take: wide, at most 32 columns a warp, looped
         large = [t for t in tiles if t[0] >= 64 and t[1] >= 2 and t[0] // t[1] <= 32 and t[2] > 1]
         return [(*t, 0) for t in tiles] + [(*t, h) for t, h in itertools.product(large, (1, 2, 3))]
     if kernel == "core_decode_tma":  # (BV, num_warps, ring buffers, programs an SM, warps over columns); OFF:
-        from gdn_fx.ops.core.decode_tma import OFF  # the Triton kernel with its table's configuration
+        from gdn_fx.ops.gdn_core.decode_tma import OFF  # the Triton kernel with its table's configuration
 
         DK, DV = dims
         return [OFF] + [(bv, w, nb, c, wc) for bv, w, nb, c, wc in itertools.product((32, 64, 128), (4, 8), (2, 3),
@@ -74,9 +74,8 @@ def _core_decode(N: int, NK: int, NV: int, DK: int, DV: int, W: int = 4, tma: bo
     """(run(cfg), size) of a decode batch of N sequences: ``core_decode``'s config, or with ``tma``
     ``core_decode_tma``'s (its OFF: the Triton kernel as the table configures it)."""
     from gdn_fx import Request, build_metadata
-    from gdn_fx.ops import pdl
-    from gdn_fx.ops.core.decode_kernel import config, core_decode_triton
-    from gdn_fx.ops.core.decode_tma import OFF, core_decode_tma
+    from gdn_fx.ops.gdn_core.decode_tma import OFF, core_decode_tma
+    from gdn_fx.ops.gdn_core.decode_triton import config, core_decode_triton
 
     g = torch.Generator(device="cuda").manual_seed(N)
     D = 2 * NK * DK + NV * DV
@@ -91,7 +90,7 @@ def _core_decode(N: int, NK: int, NV: int, DK: int, DV: int, W: int = 4, tma: bo
     def run(cfg):  # the state moves on with every replay: a gated delta rule stays bounded
         if tma and tuple(cfg) != OFF:
             core_decode_tma(x, ab[:, :NV], ab[:, NV:], w, None, A_log, dt, conv, ssm, meta.query_start_loc,
-                            meta.state_indices, NK, DK**-0.5, False, out, tuple(cfg), pdl.mode(x.device))
+                            meta.state_indices, NK, DK**-0.5, False, out, tuple(cfg))
             return
         if tma:  # OFF: the Triton kernel, configured as the tables (not this run's core_decode sweep) say
             cfg = config(DK, DV, N, NV, x.device)

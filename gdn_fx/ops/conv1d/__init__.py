@@ -17,7 +17,8 @@ A sequence with no tokens this step leaves its slot's state as it is.
 
 import torch
 
-from gdn_fx.ops import checks, registry
+from gdn_fx import checks, metadata
+from gdn_fx.ops import registry
 from gdn_fx.ops.conv1d.reference import causal_conv1d_decode_reference, causal_conv1d_prefill_reference
 
 ACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -39,11 +40,11 @@ def _validate_common(x, weight, bias, conv_state, query_start_loc, state_indices
         "x", x, weight=weight, bias=bias, conv_state=conv_state, query_start_loc=query_start_loc,
         state_indices=state_indices,
     )
-    checks.query_start_loc(query_start_loc, T)
+    metadata.check_query_start_loc(query_start_loc, T)
     N = query_start_loc.numel() - 1
     if state_indices.shape[0] != N:
         checks.fail(f"state_indices must have N={N} rows (one per sequence), got shape {list(state_indices.shape)}")
-    checks.slots("state_indices", state_indices, conv_state.shape[0])
+    metadata.check_slots("state_indices", state_indices, conv_state.shape[0])
     return T, D, W, N
 
 

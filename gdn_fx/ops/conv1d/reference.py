@@ -8,7 +8,7 @@ sequence, oldest first, where ``o = num_accepted_tokens - 1`` (``o = 0`` outside
 import torch
 import torch.nn.functional as F
 
-from gdn_fx.ops.checks import NULL_SLOT
+from gdn_fx.metadata import NULL_SLOT
 
 
 def _conv(full: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool) -> torch.Tensor:

@@ -10,7 +10,8 @@ Returns o: [T, NV, DV] in x's dtype.
 
 import torch
 
-from gdn_fx.ops import checks, registry
+from gdn_fx import checks
+from gdn_fx.ops import registry
 from gdn_fx.ops.decode.reference import fused_recurrent_decode_reference, split_heads
 from gdn_fx.ops.delta_rule import _validate_recurrent
 from gdn_fx.ops.gating import _validate as _validate_gating

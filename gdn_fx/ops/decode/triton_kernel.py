@@ -10,8 +10,6 @@ row is written by this one launch (no zero-fill). Sizes come from tensor shapes:
 sync, CUDA-graph safe.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -106,12 +104,8 @@ def config(DK: int, DV: int, N: int, NV: int) -> dict:
     lives in registers. From the H100 sweep of bench/bench_decode.py (Qwen3-Next dims, B = 1, 32,
     256): 64 value columns beat 16 and 32 at every batch (fewer programs re-read q/k, longer rows
     per load); 8 warps pay off once there are many programs (8192+, B = 256). This kernel serves the
-    core op only where its one-launch decode does not apply (``gdn_fx.ops.core.decode_kernel``, which
-    has its own per-GPU table). ``GDN_FX_DECODE_CONFIG=BV,num_warps`` overrides it (tests)."""
-    override = os.environ.get("GDN_FX_DECODE_CONFIG")
-    if override:
-        bv, warps = (int(v) for v in override.split(",")[:2])
-        return {"BV": bv, "num_warps": warps}
+    core op only where its one-launch decode does not apply (``gdn_fx.ops.gdn_core.decode_triton``, which
+    has its own per-GPU table)."""
     BK = triton.next_power_of_2(DK)
     BV = min(triton.next_power_of_2(DV), 64 if BK <= 128 else 32)
     if BK * BV < 4096:

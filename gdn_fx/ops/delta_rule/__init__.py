@@ -17,7 +17,8 @@ A sequence with no tokens this step leaves its slot's state as it is.
 
 import torch
 
-from gdn_fx.ops import checks, registry
+from gdn_fx import checks, metadata
+from gdn_fx.ops import registry
 from gdn_fx.ops.delta_rule import fla as _fla
 from gdn_fx.ops.delta_rule.reference import (
     chunk_gated_delta_rule_reference,
@@ -48,11 +49,11 @@ def _validate_common(q, k, v, g, beta, ssm_state, query_start_loc, state_indices
         "q", q, k=k, v=v, g=g, beta=beta, ssm_state=ssm_state, query_start_loc=query_start_loc,
         state_indices=state_indices,
     )
-    checks.query_start_loc(query_start_loc, T)
+    metadata.check_query_start_loc(query_start_loc, T)
     N = query_start_loc.numel() - 1
     if state_indices.dim() < 1 or state_indices.shape[0] != N:
         checks.fail(f"state_indices must have N={N} rows (one per sequence), got shape {list(state_indices.shape)}")
-    checks.slots("state_indices", state_indices, ssm_state.shape[0])
+    metadata.check_slots("state_indices", state_indices, ssm_state.shape[0])
     return N
 
 

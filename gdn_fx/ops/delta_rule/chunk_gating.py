@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gdn_fx.ops.plan import CHUNK
+from gdn_fx.metadata import CHUNK
 
 RCP_LN2 = 1.0 / math.log(2.0)
 

@@ -13,7 +13,7 @@ chunk layout on the host.
 
 Two entries:
 - ``chunk_prefill_planned`` (the core op's prefill): the chunk layout comes from the step's plan
-  (``gdn_fx.ops.plan``, computed once per step by ``build_metadata``), so nothing is read back
+  (``gdn_fx.metadata``, computed once per step by ``build_metadata``), so nothing is read back
   from the device and nothing is recomputed per layer. It calls fla's forward building blocks
   (intra-chunk WY representation, state pass, output) below its autograd ``Function`` and input
   guards, with gating done by one launch of ours (``chunk_gating.py``): that is why fla-core is
@@ -29,12 +29,12 @@ query_start_loc: [N+1]; state_indices, has_initial_state: [N]. Returns o: [T, NV
 import functools
 import importlib.metadata
 import importlib.util
-import os
 
 import torch
 
-from gdn_fx.ops.checks import NULL_SLOT
-from gdn_fx.ops.plan import CHUNK
+from gdn_fx import envs
+from gdn_fx.metadata import NULL_SLOT
+from gdn_fx.metadata import CHUNK
 from gdn_fx.ops.delta_rule.reference import chunk_gated_delta_rule_reference
 
 TESTED_VERSIONS: tuple[str, ...] = ("0.6.0",)  # versions tools/gpu_check.sh passed with
@@ -47,7 +47,7 @@ def usable() -> bool:
         version = importlib.metadata.version("fla-core")
     except importlib.metadata.PackageNotFoundError:
         return False
-    wanted = version in TESTED_VERSIONS or os.environ.get("GDN_FX_FLA") == "1"
+    wanted = version in TESTED_VERSIONS or envs.settings().fla_any_version
     return wanted and importlib.util.find_spec("fla") is not None
 
 
@@ -107,7 +107,7 @@ def chunk_prefill(q, k, v, g, beta, ssm_state, query_start_loc, state_indices, h
 def fla_forward(q, k, v, g_cumsum, beta, scale, initial_state, cu_seqlens, chunk_offsets, chunk_indices):
     """fla's chunked gated delta rule forward, from gates already cumsummed per chunk (base 2, see
     ``chunk_gating.py``): q, k: [T, NK, DK] (L2-normalised), v: [T, NV, DV]; g_cumsum, beta: [T, NV] fp32;
-    initial_state: [N, NV, DK, DV] fp32; the chunk layout of ``gdn_fx.ops.plan``.
+    initial_state: [N, NV, DK, DV] fp32; the chunk layout of ``gdn_fx.metadata``.
     -> (o: [T, NV, DV], final_state: [N, NV, DK, DV] fp32). The same calls as fla-core 0.6.0's
     ``chunk_gated_delta_rule_fwd`` after its gate cumsum, with the chunk offsets passed in."""
     from fla.ops.common.chunk_delta_h import chunk_gated_delta_rule_fwd_h
@@ -130,7 +130,7 @@ def chunk_prefill_planned(q, k, v, a, b, A_log, dt_bias, ssm_state, state_indice
 
     q, k: [T, NK, DK] L2-normalised (rows of NULL_SLOT sequences zero, as the core op's conv writes
     them, so their output is zero too); v: [T, NV, DV]; a, b: [T, NV] raw gate inputs (any strides);
-    state_indices, has_initial_state: [N] (any stride); the chunk layout of ``gdn_fx.ops.plan``
+    state_indices, has_initial_state: [N] (any stride); the chunk layout of ``gdn_fx.metadata``
     (relative to row 0 of q); out: [T, NV, DV] receives the output. Launches: gating, state gather,
     fla's forward (see ``fla_forward``), the output copy, state scatter (empty and NULL_SLOT
     sequences keep their slots as they are).

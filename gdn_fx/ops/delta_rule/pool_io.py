@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gdn_fx.ops.checks import NULL_SLOT
+from gdn_fx.metadata import NULL_SLOT
 
 BLOCK = 2048
 

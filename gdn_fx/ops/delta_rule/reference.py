@@ -10,7 +10,7 @@ Computes in fp32 (fp64 when given fp64 inputs).
 
 import torch
 
-from gdn_fx.ops.checks import NULL_SLOT
+from gdn_fx.metadata import NULL_SLOT
 
 CHUNK = 64
 

@@ -6,7 +6,8 @@
 
 import torch
 
-from gdn_fx.ops import checks, registry
+from gdn_fx import checks
+from gdn_fx.ops import registry
 from gdn_fx.ops.gating.reference import gating_reference
 
 FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)

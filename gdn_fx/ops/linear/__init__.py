@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from gdn_fx.ops import checks, registry
+from gdn_fx import checks
+from gdn_fx.ops import registry
 from gdn_fx.ops.linear.reference import linear_reference, norm_gate_linear_reference
 from gdn_fx.ops.norm_gate import validate as validate_norm_gate
 

@@ -23,7 +23,6 @@ device or shape without a table entry, means ATen.
 
 import functools
 import math
-import os
 
 import torch
 import triton
@@ -36,6 +35,11 @@ from gdn_fx.ops.norm_gate.triton_kernel import gated_rms_norm, layout, norm_gate
 from gdn_fx.ops.pdl import release as pdl_release
 from gdn_fx.ops.pdl import request_l2
 from gdn_fx.ops.pdl import wait as pdl_wait
+
+PREFETCH_STEPS = 1
+"""K steps of its weight share a program asks L2 for before its PDL wait: on the H200 the first step saved 1.0 us
+of the B = 1 layer step and nothing from B = 8; all of them cost 4.6-9.4 us from B = 1 to 32 (not profiled: likely
+the requests queue ahead of the loads that need them first; bench/experiments/LOG.md, part 5)."""
 
 ATEN = tuning.ATEN_CONFIG  # (block_m, block_n, block_k, num_warps, num_stages, split) that means ATen
 
@@ -129,22 +133,6 @@ def prefetch_l2(w, o_n, m_n, swn, k0, K, STEPS: tl.constexpr, BLOCK_K: tl.conste
         request_l2(w + tl.where(ok, o_n.to(tl.int64)[:, None] * swn + c[None, :], 0))
 
 
-def l2_prefetch_setting() -> str:
-    """``GDN_FX_L2_PREFETCH``: first (the default), all or 0 (``prefetch_steps`` checks it)."""
-    return os.environ.get("GDN_FX_L2_PREFETCH", "first")
-
-
-def prefetch_steps(steps: int, env: str | None = None) -> int:
-    """How many of its ``steps`` K steps a program asks L2 for before its PDL wait: ``GDN_FX_L2_PREFETCH`` (or
-    ``env``) = first (the default), all, or 0. On the H200 the first step saved 1.0 us of the B = 1 layer step
-    and nothing from B = 8; all of them cost 4.6-9.4 us from B = 1 to 32 (not profiled: likely the requests
-    queue ahead of the loads that need them first)."""
-    env = l2_prefetch_setting() if env is None else env
-    if env not in ("0", "first", "all"):
-        raise ValueError(f"GDN_FX_L2_PREFETCH={env!r}: expected 0, first or all")
-    return {"0": 0, "first": 1, "all": steps}[env]
-
-
 def config(M: int, N: int, K: int, device: torch.device) -> tuple[int, ...]:
     """(block_m, block_n, block_k, num_warps, num_stages, split) for an [M, K] x [N, K]^T product on
     ``device``, from the table measured there; ATEN where it has none."""
@@ -163,7 +151,7 @@ def launch_geometry(M: int, N: int, K: int, cfg: tuple) -> tuple[tuple[int, int,
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(M: int, N: int, K: int, cfg: tuple, norm: tuple | None, m: int, prefetch: str, elem: int):
+def _plan(M: int, N: int, K: int, cfg: tuple, norm: tuple | None, m: bool, elem: int):
     """(grid, split, the launch's keyword arguments) of a launch: built once per size and setting, so a call
     pays one cached lookup (a decode step calls this kernel twice a layer; bench/bench_op_host.py)."""
     grid, const = launch_geometry(M, N, K, cfg)
@@ -173,7 +161,7 @@ def _plan(M: int, N: int, K: int, cfg: tuple, norm: tuple | None, m: int, prefet
         gs, dx, dz, dw, nbg, act = norm
         norm_args = dict(NORM=True, GS=gs, DX=dx, DZ=dz, DW=dw, NORM_BEFORE_GATE=nbg, SIGMOID=act == "sigmoid")
     kwargs = dict(**const, num_warps=cfg[3], num_stages=cfg[4], **norm_args, PDL=m,
-                  PREFETCH=prefetch_steps(const["STEPS"], prefetch) if m else 0, LINE=128 // elem, **pdl.options(m))
+                  PREFETCH=PREFETCH_STEPS if m else 0, LINE=128 // elem, **pdl.options(m))
     return grid, const["SPLIT"], kwargs
 
 
@@ -188,8 +176,7 @@ def _launch(x, weight, cfg, M, K, norm=None):
         (sx, DX), (sz, DZ) = layout(x), layout(z)
         norm_key = (gs, DX, DZ, nw.numel(), nbg, act)
     m = pdl.mode(x.device)
-    grid, split, kwargs = _plan(M, N, K, tuple(cfg), norm_key, m, l2_prefetch_setting(),
-                                weight.element_size())
+    grid, split, kwargs = _plan(M, N, K, tuple(cfg), norm_key, m, weight.element_size())
     part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     counters = scratch.counters(x.device, grid[0] * grid[2]) if split > 1 else y
     _skinny_gemm_kernel[grid](x, weight, y, part, counters, M, N, K, sx[0], sx[2], weight.stride(0), y.stride(0),

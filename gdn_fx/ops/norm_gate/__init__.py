@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from gdn_fx.ops import checks, registry
+from gdn_fx import checks
+from gdn_fx.ops import registry
 from gdn_fx.ops.norm_gate.reference import ACTIVATIONS, norm_gate_reference
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)

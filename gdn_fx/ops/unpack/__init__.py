@@ -19,7 +19,8 @@ import functools
 
 import torch
 
-from gdn_fx.ops import checks, registry
+from gdn_fx import checks
+from gdn_fx.ops import registry
 from gdn_fx.ops.unpack.reference import unpack_reference
 
 

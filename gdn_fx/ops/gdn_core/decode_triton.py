@@ -26,14 +26,13 @@ H200 evict_last loads, or loads past L1 (.cg), took 1-4 % off.
 Under programmatic dependent launch (``gdn_fx.ops.pdl``) and from large batches (``state_prefetch``), a
 program asks L2 for its first state tile before it waits for the kernel before.
 
-Semantics are those of ``causal_conv1d_decode`` followed by ``fused_recurrent_decode``. Where the table
-measured for the GPU names a configuration of ``decode_tma.py`` (sm_90+, from 8 to 64 sequences on the
-H200) the launcher hands the batch to that kernel, which streams the state through shared memory by TMA.
+Semantics are those of ``causal_conv1d_decode`` followed by ``fused_recurrent_decode``. Its twin,
+``decode_tma.py``, streams the state through shared memory by TMA instead; ``cuda.decode_kernel`` picks
+one of the two per batch.
 """
 
 import functools
 import math
-import os
 
 import torch
 import triton
@@ -41,7 +40,6 @@ import triton.language as tl
 
 from gdn_fx import tuning
 from gdn_fx.ops import pdl, scratch
-from gdn_fx.ops.core import decode_tma
 from gdn_fx.ops.decode.triton_kernel import gated_delta_step, head_gates, load_head
 from gdn_fx.ops.pdl import release as pdl_release
 from gdn_fx.ops.pdl import request_l2
@@ -237,28 +235,23 @@ def _core_decode_kernel(
 # took 148.2 to 144.5, and evict_first loads (not offered) cost 2.6 % (bench/README.md, part 11).
 HINTS = ("none", "evict_last", "cg", "cg_wt")
 
-PREFETCH_FROM = 8192  # sequences x value heads from which the state prefetch is on by default (below)
+PREFETCH_FROM = 8192
+"""Sequences x value heads from which each program asks L2 for its first state tile before its PDL wait.
+
+Measured in the Qwen3-Next layer step on the H200 (bench/experiments/LOG.md, part 8), with against without:
+the step took 321.9 / 321.2 / 321.4 against 325.9 / 326.1 / 325.6 us at B = 256 (8192 pairs; three runs),
+0.1-1.1 us longer at B = 1 to 64, and even at B = 128. Not profiled; at B <= 64 the whole batch's state is
+read in about one wave of programs, whose requests then compete for DRAM with the end of the GEMM before,
+while at B = 256 (many waves) each program's burst of line requests runs ahead of its wide loads. A prefetch
+of each next tile inside the tile loop (no registers held) lost 4.6 us at B = 32 and 22 us at B = 256, and is
+not built."""
 
 
-def state_prefetch(pdl_mode: int, pairs: int) -> bool:
+def state_prefetch(pdl_mode: bool, pairs: int) -> bool:
     """Whether each program asks L2 for its first state tile before its PDL wait, for a step of ``pairs``
-    (sequence, value head) pairs: ``GDN_FX_STATE_PREFETCH`` = auto (the default: from PREFETCH_FROM pairs on),
-    1 or 0. Only under PDL (``pdl_mode`` nonzero: compiled code on an sm_90+ NVIDIA GPU, ``pdl.mode``), the
-    only place the request can run ahead of anything.
-
-    Measured in the Qwen3-Next layer step on the H200 (bench/README.md, part 8), with against without: the
-    step took 321.9 / 321.2 / 321.4 against 325.9 / 326.1 / 325.6 us at B = 256 (8192 pairs; three runs),
-    0.1-1.1 us longer at B = 1 to 64, and even at B = 128. Not profiled; at B <= 64 the whole batch's state
-    is read in about one wave of programs, whose requests then compete for DRAM with the end of the GEMM
-    before, while at B = 256 (many waves) each program's burst of line requests runs ahead of its wide
-    loads. A prefetch of each next tile inside the tile loop (no registers held) lost 4.6 us at B = 32 and
-    22 us at B = 256, and is not built."""
-    env = os.environ.get("GDN_FX_STATE_PREFETCH", "auto")
-    if env not in ("auto", "0", "1"):
-        raise ValueError(f"GDN_FX_STATE_PREFETCH={env!r}: expected auto, 0 or 1")
-    if not pdl_mode:
-        return False
-    return pairs >= PREFETCH_FROM if env == "auto" else env == "1"
+    (sequence, value head) pairs: under PDL (the only place the request can run ahead of anything), from
+    ``PREFETCH_FROM`` pairs on."""
+    return bool(pdl_mode) and pairs >= PREFETCH_FROM
 
 
 def supports(x, conv_weight, conv_state, ssm_state, state_indices) -> bool:
@@ -276,19 +269,11 @@ def default_config(DK: int, DV: int) -> tuple[int, int, int, int]:
 
 
 def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple:
-    """(BV, num_warps, tiles per program[, hint]): the value columns of a state tile, the warps, how many
-    of a key head's tiles (value heads x column blocks) one program takes in turn (all of them: no
-    cross-program handshake for the q/k conv state), and the state's cache hint (an index of ``HINTS``;
-    a table entry of three fields has none, which the cached launch plan fills in: ``_full``). From the
-    table measured on this GPU for N x NV (sequence, value head) pairs (``gdn_fx.tuning``);
-    ``GDN_FX_DECODE_CONFIG=BV,num_warps[,tiles[,hint]]`` overrides it (tests, sweeps)."""
-    override = os.environ.get("GDN_FX_DECODE_CONFIG")
-    if override:
-        try:
-            v = tuple(int(c) for c in override.split(","))
-            return _full(v[:2] + (v[2:] or (1,)))
-        except ValueError as e:
-            raise ValueError(f"GDN_FX_DECODE_CONFIG={override!r}: expected BV,num_warps[,tiles[,hint]] ({e})") from None
+    """(BV, num_warps, tiles per program[, hint]): the value columns of a state tile, the warps, how many of a
+    key head's tiles (value heads x column blocks) one program takes in turn (all of them: no cross-program
+    handshake for the q/k conv state), and the state's cache hint (an index of ``HINTS``; the cached launch
+    arguments fill in a missing one: ``_full``). From the table measured on this GPU for N x NV (sequence, value
+    head) pairs (``gdn_fx.tuning``), else ``default_config``."""
     return tuning.lookup("core_decode", device, (DK, DV), N * NV, default_config(DK, DV))
 
 
@@ -319,8 +304,8 @@ def launch_geometry(T: int, N: int, NK: int, NV: int, DK: int, DV: int, W: int, 
 def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, query_start_loc,
                        state_indices, num_accepted_tokens, num_k_heads, head_k_dim, scale, allow_neg_eigval, out,
                        cfg: tuple | None = None):
-    """x: [T, 2*NK*DK + NV*DV] pre-conv; out: [T, NV, DV] contiguous, every row written. One launch.
-    ``cfg`` = (BV, num_warps, tiles per program[, hint]) overrides ``config`` (the tuner)."""
+    """x: [T, 2*NK*DK + NV*DV] pre-conv; out: [T, NV, DV] contiguous, every row written. One launch, with
+    ``cfg`` = (BV, num_warps, tiles per program[, hint]) or, without it, ``config``'s."""
     T = x.shape[0]
     N = query_start_loc.shape[0] - 1
     NV, DK, DV = ssm_state.shape[1:]
@@ -329,12 +314,6 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     if N == 0:
         return out.zero_()
     m = pdl.mode(x.device)
-    if cfg is None:  # the TMA kernel where this GPU's table (or GDN_FX_CORE_TMA) has it faster
-        tcfg = decode_tma.config(DK, DV, N, NV, x.device)
-        if tcfg != decode_tma.OFF and decode_tma.supports(x, conv_weight, conv_state, ssm_state, state_indices, tcfg):
-            return decode_tma.core_decode_tma(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state,
-                                              query_start_loc, state_indices, num_k_heads, scale, allow_neg_eigval,
-                                              out, tcfg, m)
     grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
                          tuple(cfg or config(DK, DV, N, NV, x.device)), conv_bias is not None, allow_neg_eigval, m,
                          state_prefetch(m, N * NV), ssm_state.element_size())

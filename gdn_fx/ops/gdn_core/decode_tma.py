@@ -1,9 +1,9 @@
-"""The core op's decode path on Hopper and later GPUs: ``decode_kernel.py``'s one launch (conv window update,
+"""The core op's decode path on Hopper and later GPUs: ``decode_triton.py``'s one launch (conv window update,
 SiLU, gating, q/k L2 norm, the gated delta rule), with the state streamed through shared memory by TMA in a
 persistent Gluon kernel.
 
 Why: the Triton kernel holds its [DK, BV] fp32 state tile in registers (128 of a thread's 255), so the
-state bytes in flight an SM are bounded by the register file (bench/README.md, parts 2, 6 and 9). Here
+state bytes in flight an SM are bounded by the register file (bench/experiments/LOG.md, parts 2, 6 and 9). Here
 TMA copies tiles into a ring of NBUF shared-memory buffers ahead of the arithmetic, so the bytes in flight
 are bounded by shared memory, and a thread holds the tile only while it works on it.
 
@@ -22,13 +22,13 @@ channels after the item's last tile. The shift stores the window columns the con
 after a CTA barrier: a channel can sit in more than one thread, and no thread may overwrite a column
 another has yet to read.
 
-Measured on the H200 (bench/README.md, part 10): 10.6 / 35.8 us in the Qwen3-Next decode step at 8 / 32
+Measured on the H200 (bench/experiments/LOG.md, part 10): 10.6 / 35.8 us in the Qwen3-Next decode step at 8 / 32
 sequences against the Triton kernel's 13.0 / 38.1; from 128 sequences the Triton kernel is as fast or
 faster, and the table keeps it there.
 
 Applies (``supports``) to one-column slot tables (no speculative tokens), conv width 4, fp32 states
 whose tiles are whole (DK a power of two up to 256, BV dividing DV), on sm_90+ with Triton's Gluon; the
-Triton kernel serves everything else. Semantics are ``decode_kernel.py``'s, which the tests check this
+Triton kernel serves everything else. Semantics are ``decode_triton.py``'s, which the tests check this
 against."""
 
 import functools
@@ -46,6 +46,7 @@ except ImportError:  # a Triton without Gluon: the Triton kernel serves every de
     gluon = None
 
 from gdn_fx import tuning
+from gdn_fx.ops import pdl
 from gdn_fx.ops.pdl import release as pdl_release
 from gdn_fx.ops.pdl import wait as pdl_wait
 
@@ -286,7 +287,7 @@ def _sms(index: int) -> int:
 
 def supports(x, conv_weight, conv_state, ssm_state, state_indices, cfg) -> bool:
     """Whether this kernel serves a decode batch with config ``cfg`` (the rest: ``supports`` of
-    ``decode_kernel``, which the caller checked)."""
+    ``decode_triton``, which the caller checked)."""
     S, NV, DK, DV = ssm_state.shape
     BV, num_warps, _, _, wc = cfg
     return (available(x.device) and state_indices.shape[1] == 1 and conv_weight.shape[1] == 4
@@ -302,26 +303,14 @@ OFF = (0, 0, 0, 0, 0)  # the table's "the Triton kernel is as fast or faster"
 def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int, int, int, int, int]:
     """(BV, num_warps, ring buffers, programs an SM, warps over columns 0/1) for N x NV (sequence, value head)
     pairs, or OFF: from the table measured on this GPU (``gdn_fx.tuning``, kernel ``core_decode_tma``; OFF where
-    it has no entry). ``GDN_FX_CORE_TMA=BV,num_warps,buffers,ctas,wc`` overrides it, ``GDN_FX_CORE_TMA=0`` turns
-    it off."""
-    env = os.environ.get("GDN_FX_CORE_TMA")
-    if env is not None:
-        if env == "0":
-            return OFF
-        try:
-            v = tuple(int(c) for c in env.split(","))
-        except ValueError:
-            v = ()
-        if len(v) != 5 or min(v[:4]) <= 0 or v[4] not in (0, 1):
-            raise ValueError(f"GDN_FX_CORE_TMA={env!r}: expected 0 or BV,num_warps,buffers,ctas,wc (positive ints, "
-                             f"wc 0 or 1)")
-        return v
+    it has no entry)."""
     return tuning.lookup("core_decode_tma", device, (DK, DV), N * NV, OFF)
 
 
 def core_decode_tma(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, query_start_loc,
-                    state_indices, num_k_heads, scale, allow_neg_eigval, out, cfg, pdl_mode):
-    """``decode_kernel.core_decode_triton``'s contract (T > 0, N > 0, ``supports`` true) with config ``cfg``."""
+                    state_indices, num_k_heads, scale, allow_neg_eigval, out, cfg):
+    """``decode_triton.core_decode_triton``'s contract (T > 0, N > 0, ``supports`` true) with config ``cfg``."""
+    pdl_mode = pdl.mode(x.device)
     T = x.shape[0]
     N = query_start_loc.shape[0] - 1
     S, NV, DK, DV = ssm_state.shape
@@ -341,8 +330,6 @@ def core_decode_tma(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state,
 @functools.lru_cache(maxsize=1024)
 def _plan(T, N, NK, NV, DK, DV, cfg, has_bias, neg, pdl_mode, index):
     """(grid, the launch's keyword arguments, the shared-memory layout), once per batch shape and setting."""
-    from gdn_fx.ops import pdl
-
     # as few programs as keep the most items a program has: every program then gets as many (no tail)
     items = N * NK
     grid = (triton.cdiv(items, triton.cdiv(items, _sms(index) * cfg[3])),)

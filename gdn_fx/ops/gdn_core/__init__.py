@@ -4,23 +4,25 @@ Conv1d + SiLU, gating, q/k L2 norm and the gated delta rule over the packed
 projection output, writing ``core_attn_out`` and both state pools in place.
 Inductor never traces into it; the glue around it stays visible to the passes.
 Implementations: the reference below (the other gdn_fx ops composed through the dispatcher,
-every device) and, on cuda, ``cuda.py`` (the decode part in one Triton launch, see
-``decode_kernel.py`` and its TMA twin ``decode_tma.py``; the prefill part through the split conv and the chunk op's kernel).
+every device) and, on cuda, ``cuda.py``: the decode part in one launch (``decode_triton.py`` or its
+TMA twin ``decode_tma.py``, chosen by ``cuda.decode_kernel``), the prefill part through the split conv
+and the chunk op's kernel.
 
 Batch layout (``gdn_fx.metadata`` builds it): sequences ordered decodes first
 (plain decodes and speculative verifications, recurrent path), then prefills
-(chunked path), then padding. ``plan`` is the CPU int64 per-step plan of ``gdn_fx.ops.plan``:
+(chunked path), then padding. ``plan`` is the CPU int64 per-step plan of ``gdn_fx.metadata``:
 the split ``(num_decodes, num_decode_tokens, num_prefills, num_prefill_tokens)``, the pool sizes
 the metadata was built for, the prefill's chunk count and whether the host checked the values.
 It is read on the host without a device sync and stays out of the compiled graph's guards, so a
 new batch mix does not recompile. ``chunk_plan`` (optional) is the prefill's chunk layout
-(``gdn_fx.ops.plan``), computed once per step: the cuda implementation sizes the chunked
+(``gdn_fx.metadata``), computed once per step: the cuda implementation sizes the chunked
 prefill's grids from it; without it, it reads the lengths from the device (a sync per call).
 
 Host work per call is a fixed number of steps (shapes, dtypes, devices, sizes against the pools)
 for metadata from ``build_metadata``, whose values were checked on the host once per step;
 hand-built metadata (``checked`` = 0) has its values checked here where they are readable
-without a sync, as every op does, and GDN_FX_CHECK_VALUES=1 checks them on every call.
+without a sync, as every op does (``gdn_fx.metadata.check_values``), and GDN_FX_CHECK_VALUES=1 checks
+them on every call.
 
 Shapes: mixed_qkv: [T, 2*NK*DK + NV*DV]; a, b: [T, NV]; conv_weight: [conv_dim, W];
 conv_state: [num_slots, conv_dim, L >= W-1+num_spec]; ssm_state: [num_slots, NV, DK, DV];
@@ -31,13 +33,12 @@ the last sequence and rows with ``NULL_SLOT`` get zero output.
 
 import torch
 
-from gdn_fx.ops import checks, registry
-from gdn_fx.ops import plan as plan_mod
+from gdn_fx import checks, envs, metadata
+from gdn_fx.ops import registry
 from gdn_fx.ops.conv1d import ACT_DTYPES
 from gdn_fx.ops.decode.reference import split_heads
 from gdn_fx.ops.delta_rule import STATE_DTYPES
 from gdn_fx.ops.gating import _validate as _validate_gating
-from gdn_fx.ops.plan import PLAN_FIELDS
 
 
 def _parts(mixed_qkv, b, a, query_start_loc, state_indices, has_initial_state, num_accepted_tokens, nd, ndt, np_, npt):
@@ -55,7 +56,7 @@ def _parts(mixed_qkv, b, a, query_start_loc, state_indices, has_initial_state, n
 def _validate(mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out,
               query_start_loc, state_indices, has_initial_state, num_accepted_tokens, plan, num_k_heads,
               head_k_dim, allow_neg_eigval, chunk_plan=None):
-    values = checks.plan("plan", plan)
+    values = metadata.check_plan("plan", plan)
     if mixed_qkv.dim() != 2:
         checks.fail(f"mixed_qkv must have shape [T, conv_dim], got {list(mixed_qkv.shape)}")
     T, conv_dim = mixed_qkv.shape
@@ -105,52 +106,12 @@ def _validate(mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_stat
                        chunk_plan=chunk_plan)
     if values is None:  # tracing: the rest needs the plan's values
         return
-    nd, ndt, np_, npt, num_slots, num_spec, nc, checked = values
-    if conv_state.shape[0] != num_slots:
-        checks.fail(f"metadata was built for num_slots={num_slots} but the pools have {conv_state.shape[0]} slots "
-                    f"(conv_state {list(conv_state.shape)}, ssm_state {list(ssm_state.shape)})")
-    if state_indices.shape[1] != 1 + num_spec or conv_state.shape[2] < W - 1 + num_spec:
-        checks.fail(f"metadata was built for num_spec={num_spec}: state_indices must have 1 + num_spec = "
-                    f"{1 + num_spec} columns (got {list(state_indices.shape)}) and conv_state at least "
-                    f"W - 1 + num_spec = {W - 1 + num_spec} (got {list(conv_state.shape)})")
-    if nd + np_ > N or ndt + npt > T or nd > ndt or np_ > npt or nc > T:
-        checks.fail(f"plan {dict(zip(PLAN_FIELDS, values))} does not fit the batch: N={N} sequences, T={T} tokens")
-    if checked and not checks.check_values():
+    metadata.check_batch(values, conv_state, ssm_state, state_indices, W, T)
+    read_device = envs.settings().check_values
+    if values[metadata.CHECKED] and not read_device:
         return  # build_metadata checked the values on the host, once for this step
-    _validate_values(T, W, conv_state, query_start_loc, state_indices, num_accepted_tokens, chunk_plan, values)
-
-
-def _validate_values(T, W, conv_state, query_start_loc, state_indices, num_accepted_tokens, chunk_plan, values):
-    """The per-token checks of hand-built metadata, where its values are on the host (every one, with
-    GDN_FX_CHECK_VALUES=1, which reads device tensors back: a sync per call): sequence bounds, slots in
-    range, speculative counts that fit the pools, the plan against query_start_loc."""
-    nd, ndt, np_, npt, num_slots, num_spec, nc, _ = values
-    tensors = (query_start_loc, state_indices, num_accepted_tokens, chunk_plan)
-    if checks.check_values():
-        tensors = tuple(None if t is None else t.cpu() for t in tensors)
-    qsl, idx, acc, chunk_plan = tensors
-    if not all(checks.host_values(t) for t in (qsl, idx, acc)):
-        return  # on a device: build_metadata checks them on the host
-    checks.query_start_loc(qsl, T)
-    v = qsl.tolist()
-    if v[nd] != ndt or v[nd + np_] != ndt + npt:
-        checks.fail(
-            f"counts {[nd, ndt, np_, npt]} disagree with query_start_loc {v}: decodes must end at token "
-            f"{v[nd]} and prefills at token {v[nd + np_]}"
-        )
-    checks.slots("state_indices", idx, num_slots)
-    S, room = idx.shape[1], conv_state.shape[2] - (W - 1)
-    lim = min(S, room + 1)
-    for i, (n, a) in enumerate(zip((b_ - a_ for a_, b_ in zip(v[:nd], v[1 : nd + 1])), acc[:nd].tolist())):
-        if not 1 <= a <= lim or n > lim:
-            checks.fail(
-                f"sequence {i}: num_accepted_tokens={a} and {n} new tokens must both lie in [1, {lim}] for "
-                f"state_indices with {S} columns and a conv state of {conv_state.shape[2]} columns for width {W}"
-            )
-    if chunk_plan is not None and checks.host_values(chunk_plan):
-        want, want_nc = plan_mod.chunk_layout([e - s for s, e in zip(v[nd : nd + np_], v[nd + 1 : nd + np_ + 1])], T)
-        if want_nc != nc or not torch.equal(chunk_plan, want):
-            checks.fail(f"chunk_plan (num_chunks={nc}) disagrees with the prefill lengths in query_start_loc {v}")
+    metadata.check_values(values, T, W, conv_state, query_start_loc, state_indices, num_accepted_tokens, chunk_plan,
+                          read_device)
 
 
 @registry.define("gdn_core", mutates_args=("conv_state", "ssm_state", "core_attn_out"), validate=_validate)
@@ -216,4 +177,4 @@ def gdn_core(
     )
 
 
-registry.register_optional_kernel("gdn_core", "cuda", "gdn_fx.ops.core.cuda", "gdn_core_cuda")
+registry.register_optional_kernel("gdn_core", "cuda", "gdn_fx.ops.gdn_core.cuda", "gdn_core_cuda")
