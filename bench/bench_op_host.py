@@ -1,6 +1,6 @@
 """Benchmark: the host price of one gdn_fx custom-op call, against the ATen call it stands for.
 
-``gdn_fx::linear(x, w)`` against ``torch.mm(x, w.t())`` on tiny tensors (the work itself is negligible,
+``gdn_fx::skinny_gemm(x, w)`` against ``torch.mm(x, w.t())`` on tiny tensors (the work itself is negligible,
 so the difference is the op's dispatch, validation and Python layers), under no_grad as an inference
 engine calls it. Best of 10 batches of back-to-back calls, host clock. Runs on the CPU (the reference)
 or on cuda (the Triton/ATen kernel behind the GPU's table).
@@ -40,8 +40,8 @@ def main():
     w = torch.randn(32, 64, device=args.device, dtype=torch.bfloat16)
     with torch.no_grad():
         mm = per_call_us(lambda: torch.mm(x, w.t()))
-        op = per_call_us(lambda: torch.ops.gdn_fx.linear.default(x, w))
-    print(f"torch {torch.__version__}, {args.device}: torch.mm {mm:.1f} us a call, gdn_fx::linear {op:.1f} us "
+        op = per_call_us(lambda: torch.ops.gdn_fx.skinny_gemm.default(x, w))
+    print(f"torch {torch.__version__}, {args.device}: torch.mm {mm:.1f} us a call, gdn_fx::skinny_gemm {op:.1f} us "
           f"({op - mm:.1f} us more)")
     if args.device == "cuda":
         skinny_gemm_call(args.device)
@@ -52,7 +52,7 @@ def skinny_gemm_call(device: str):
     spends its host time, outermost first: the op through the dispatcher, its launcher called directly, and
     Triton's own launch of the compiled kernel with the launcher's arguments."""
     from gdn_fx.ops import pdl, scratch
-    from gdn_fx.ops.linear import triton_kernel as lk
+    from gdn_fx.ops.skinny_gemm import triton_kernel as lk
 
     x = torch.randn(8, 4096, device=device, dtype=torch.bfloat16)
     w = torch.randn(2048, 4096, device=device, dtype=torch.bfloat16)
@@ -68,8 +68,8 @@ def skinny_gemm_call(device: str):
                                      y, y, 0.0, 0, 0, 0, 0, **kwargs)
 
     with torch.no_grad():
-        times = {"gdn_fx::linear (dispatcher)": per_call_us(lambda: torch.ops.gdn_fx.linear.default(x, w), 5000),
-                 "linear_triton (launcher)": per_call_us(lambda: lk.linear_triton(x, w), 5000),
+        times = {"gdn_fx::skinny_gemm (dispatcher)": per_call_us(lambda: torch.ops.gdn_fx.skinny_gemm.default(x, w), 5000),
+                 "skinny_gemm_triton (launcher)": per_call_us(lambda: lk.skinny_gemm_triton(x, w), 5000),
                  "kernel[grid](...) (Triton)": per_call_us(raw, 5000),
                  "torch.mm (cuBLAS)": per_call_us(lambda: torch.mm(x, w.t()), 5000)}
         dev = x.device
@@ -90,7 +90,7 @@ def skinny_gemm_call(device: str):
     with torch.no_grad():
         prof.enable()
         for _ in range(2000):
-            lk.linear_triton(x, w)
+            lk.skinny_gemm_triton(x, w)
         prof.disable()
     pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
 

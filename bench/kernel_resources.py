@@ -23,7 +23,7 @@ import triton  # noqa: E402
 
 from gdn_fx.ops.gdn_core import decode_triton as dk  # noqa: E402
 from gdn_fx.ops.gdn_core import decode_tma  # noqa: E402
-from gdn_fx.ops.linear import triton_kernel as lk  # noqa: E402
+from gdn_fx.ops.skinny_gemm import triton_kernel as lk  # noqa: E402
 from gdn_fx.tuning import measured  # noqa: E402
 from tests.ptx import CORE_SIGNATURE, GEMM_SIGNATURE, compile_sm90, resource_usage  # noqa: E402
 
@@ -93,11 +93,11 @@ def main():
     for b, cfg in sorted(table.get("core_decode_tma", {}).get(f"{DK}x{DV}", {}).items()):
         if cfg != decode_tma.OFF and decode_tma.gluon is not None:
             rows.append(("core_tma", f"N*NV<={b}", cfg[1], *core_decode_tma(cfg)))
-    for dims, buckets in table["linear"].items():
+    for dims, buckets in table["skinny_gemm"].items():
         N, K = map(int, dims.split("x"))
         for b, cfg in sorted(buckets.items()):
             if cfg[1]:
-                rows.append(("linear", f"M<={b}", cfg[3], *skinny_gemm(N, K, b, cfg)))
+                rows.append(("skinny_gemm", f"M<={b}", cfg[3], *skinny_gemm(N, K, b, cfg)))
     print(f"triton {triton.__version__}, sm_90, {args.gpu} table")
     print(f"{'kernel':12} {'bucket':12} {'REG':>4} {'STACK':>6} {'SHARED':>7} {'progs/SM':>8}  config")
     out = []

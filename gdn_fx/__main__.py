@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
                     "GDN_FX_TUNING at the file to use it; without it, the tables measured for this GPU model in "
                     "gdn_fx/tuning/measured.py apply, else each kernel's rule of thumb. Nothing is tuned at run time.")
     tun.add_argument("--out", default="gdn_fx_tuning.json", help="JSON file to write")
-    tun.add_argument("--kernels", default="core_decode,core_decode_tma,norm_gate,unpack,linear,norm_gate_linear", help="comma-separated subset")
+    tun.add_argument("--kernels", default="core_decode,core_decode_tma,norm_gate,unpack,skinny_gemm,norm_gate_skinny_gemm", help="comma-separated subset")
     tun.add_argument("--dims", default="16,32,128,128", help="NK,NV,DK,DV of the model (default: Qwen3-Next)")
     tun.add_argument("--hidden", type=int, default=2048, help="the model's hidden size (the projections' K / N)")
     tun.add_argument("--sizes", help="comma-separated sizes to time, for every kernel in --kernels (default: each "

@@ -73,9 +73,9 @@ def op_args(name: str, device="cpu", dtype=torch.float32, seed=0, checked: bool 
     if name == "norm_gate":
         z = rnd(13, NV, 2 * DV)[..., DV:]  # a strided slice, as of a projection output
         return (rnd(13, NV, DV), z, rnd(DV), 1e-6, DV // 2, True, "silu", None)
-    if name == "linear":  # the skinny GEMM's own tests (tests/test_linear.py) cover its Triton paths
+    if name == "skinny_gemm":  # the skinny GEMM's own tests (tests/test_skinny_gemm.py) cover its Triton paths
         return (rnd(13, NV * DV + 3)[:, 3:], rnd(2 * DK + 1, NV * DV))
-    if name == "norm_gate_linear":
+    if name == "norm_gate_skinny_gemm":
         z = rnd(13, NV, 2 * DV)[..., DV:]
         return (rnd(13, NV, DV), z, rnd(DV), 1e-6, DV // 2, True, "silu", None, rnd(2 * DK + 1, NV * DV))
     raise KeyError(name)

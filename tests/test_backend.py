@@ -108,7 +108,7 @@ def test_user_post_grad_pass_keeps_running_and_counts_accumulate():
         fn(_x(5))
         fn(_x(7))  # another T, another graph
     assert len(seen) == 2
-    assert backend.match_counts["unpack"] == 2 and backend.graph_counts == [{"unpack": 1, "norm_gate": 0, "linear": 0}] * 2
+    assert backend.match_counts["unpack"] == 2 and backend.graph_counts == [{"unpack": 1, "norm_gate": 0, "skinny_gemm": 0}] * 2
     assert torch._inductor.config.post_grad_custom_post_pass is None  # the global config is untouched
 
 

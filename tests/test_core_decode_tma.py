@@ -113,7 +113,7 @@ def _case(N, NK, R, DK, DV, g, bias=False, empty=False):
 
 def _two_ops(c):
     from gdn_fx.ops.conv1d.triton_kernel import causal_conv1d_decode_triton
-    from gdn_fx.ops.decode.triton_kernel import fused_recurrent_decode_triton
+    from gdn_fx.ops.fused_recurrent_decode.triton_kernel import fused_recurrent_decode_triton
 
     conv, ssm = c["conv"].clone(), c["ssm"].clone()
     N = c["N"]

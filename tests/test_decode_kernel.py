@@ -39,8 +39,8 @@ def test_reference_matches_oracle_with_spec_and_padding():
 
 CHECK = textwrap.dedent("""
     import itertools, sys, torch
-    from gdn_fx.ops.decode.triton_kernel import fused_recurrent_decode_triton
-    from gdn_fx.ops.decode.reference import fused_recurrent_decode_reference
+    from gdn_fx.ops.fused_recurrent_decode.triton_kernel import fused_recurrent_decode_triton
+    from gdn_fx.ops.fused_recurrent_decode.reference import fused_recurrent_decode_reference
     DEV, FULL = sys.argv[1], sys.argv[2] == "full"
     g = torch.Generator().manual_seed(0)
     dims = [(16, 24), (8, 8)] + ([(128, 128), (96, 96), (192, 192), (96, 192)] if FULL else [])

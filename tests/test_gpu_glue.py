@@ -79,7 +79,7 @@ def test_qwen3_next_one_token_step_is_three_kernels():
     from gdn_fx.layers import Qwen3NextGatedDeltaNet
     from gdn_fx.tuning import ATEN_CONFIG, lookup
 
-    if lookup("norm_gate_linear", torch.device("cuda"), (2048, 4096, 128), 1, ATEN_CONFIG) == ATEN_CONFIG:
+    if lookup("norm_gate_skinny_gemm", torch.device("cuda"), (2048, 4096, 128), 1, ATEN_CONFIG) == ATEN_CONFIG:
         pytest.skip(f"no fused out_proj config measured for {torch.cuda.get_device_name()}")
     torch._dynamo.reset()
     layer = Qwen3NextGatedDeltaNet(hidden_size=2048, num_k_heads=16, num_v_heads=32, head_k_dim=128, head_v_dim=128,

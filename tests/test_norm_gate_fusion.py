@@ -282,7 +282,7 @@ def test_spellings_fuse(on_cpu, caplog, dynamic, Ts):
     caplog.set_level(logging.DEBUG, logger="gdn_fx.passes.norm_gate")
     fn, make_args = _all_at_once(FUSING)
     rec = assert_exact(fn, make_args, Ts, dynamic=dynamic, close=_within_tolerance, token_ranks=(3,))
-    assert rec.graph_counts == [{"unpack": 0, "norm_gate": len(FUSING), "linear": 0}] * (1 if dynamic else len(Ts)), caplog.text
+    assert rec.graph_counts == [{"unpack": 0, "norm_gate": len(FUSING), "skinny_gemm": 0}] * (1 if dynamic else len(Ts)), caplog.text
     for after in rec.after:
         for op in ("aten.mean.dim", *NORM_OPS):
             assert after[op] == 0, f"{op} left: {rec.graphs_after}"

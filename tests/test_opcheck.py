@@ -13,7 +13,7 @@ def test_every_op_is_covered():
     assert set(NAMES) == {
         "gating", "causal_conv1d_prefill", "causal_conv1d_decode", "chunk_gated_delta_rule",
         "recurrent_gated_delta_rule", "gdn_core", "unpack", "fused_recurrent_decode", "norm_gate",
-        "linear", "norm_gate_linear",
+        "skinny_gemm", "norm_gate_skinny_gemm",
     }
 
 
@@ -32,8 +32,8 @@ MUTATED = {
     "unpack": set(),
     "fused_recurrent_decode": {"ssm_state"},
     "norm_gate": set(),
-    "linear": set(),
-    "norm_gate_linear": set(),
+    "skinny_gemm": set(),
+    "norm_gate_skinny_gemm": set(),
 }
 
 

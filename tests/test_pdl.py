@@ -18,7 +18,7 @@ MEMORY = re.compile(r"\b(?:ld\.(?:volatile\.)?global|st\.global|atom\.|red\.|cp\
 def _kernels():
     """(name, kernel, signature, constexprs, divisible_by_16, warps) of each kernel that takes PDL."""
     from gdn_fx.ops.gdn_core import decode_triton as dk
-    from gdn_fx.ops.linear import triton_kernel as lk
+    from gdn_fx.ops.skinny_gemm import triton_kernel as lk
     from gdn_fx.ops.norm_gate import triton_kernel as nk
     from gdn_fx.ops.unpack import triton_kernel as uk
 

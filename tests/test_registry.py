@@ -87,12 +87,12 @@ def test_lean_dispatch_keeps_custom_ops_autograd_where_a_gradient_is_needed():
     gradient is needed: with one, the op records a node whose backward raises, as custom_op's does."""
     assert len({e.own_autograd for e in registry.entries()}) == 1  # all ops or none
     x, w = torch.randn(3, 8, requires_grad=True), torch.randn(5, 8)
-    y = torch.ops.gdn_fx.linear(x, w)
+    y = torch.ops.gdn_fx.skinny_gemm(x, w)
     assert y.grad_fn is not None
     with pytest.raises(RuntimeError, match="no autograd formula"):
         y.sum().backward()
     with torch.no_grad():
-        y = torch.ops.gdn_fx.linear(x, w)
+        y = torch.ops.gdn_fx.skinny_gemm(x, w)
     assert y.grad_fn is None and torch.equal(y, x.detach() @ w.T)
     with pytest.raises(ValueError, match="weight"):  # the kernels run behind the op's validation
-        torch.ops.gdn_fx.linear(x.detach(), w.double())
+        torch.ops.gdn_fx.skinny_gemm(x.detach(), w.double())

@@ -14,7 +14,7 @@ import torch
 from gdn_fx import tuning
 from gdn_fx.tuning import measured, sweep
 
-DIMS = {"core_decode": (128, 128), "norm_gate": (128,), "unpack": (12352,), "linear": (2048, 4096, 1)}
+DIMS = {"core_decode": (128, 128), "norm_gate": (128,), "unpack": (12352,), "skinny_gemm": (2048, 4096, 1)}
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_measured_configs_are_candidates():
         for kernel, by_dims in kernels.items():
             for dims, buckets in by_dims.items():
                 d = tuple(int(v) for v in dims.split("x"))
-                if kernel in ("linear", "norm_gate_linear"):  # its space depends on the rows M too (tests/test_linear.py runs it)
+                if kernel in ("skinny_gemm", "norm_gate_skinny_gemm"):  # its space depends on the rows M too (tests/test_skinny_gemm.py runs it)
                     assert all(cfg in sweep.candidates(kernel, (*d, b)) for b, cfg in buckets.items()), (dev, dims)
                     continue
                 space = set(sweep.candidates(kernel, d))
@@ -199,7 +199,7 @@ def test_core_decode_candidates_cuda():
     from gdn_fx import NULL_SLOT
     from gdn_fx.ops.conv1d.triton_kernel import causal_conv1d_decode_triton
     from gdn_fx.ops.gdn_core.decode_triton import core_decode_triton
-    from gdn_fx.ops.decode.triton_kernel import fused_recurrent_decode_triton
+    from gdn_fx.ops.fused_recurrent_decode.triton_kernel import fused_recurrent_decode_triton
 
     g = torch.Generator(device="cuda").manual_seed(0)
     for DK, DV in ((128, 128), (128, 96)):

@@ -8,7 +8,7 @@ step of four short kernels on an H200 (bench/experiments/LOG.md, part 5).
 The protocol every kernel here follows, and why it is safe after any kernel, PDL-aware or not:
 - ``wait`` (``gdc_wait``) comes before the kernel's first global memory access, so it writes nothing and
   uses nothing it read while the kernel before it runs. The requests before it are L2 prefetches: the
-  skinny GEMM's of its weight (``gdn_fx.ops.linear.triton_kernel.prefetch_l2``) and, from large batches,
+  skinny GEMM's of its weight (``gdn_fx.ops.skinny_gemm.triton_kernel.prefetch_l2``) and, from large batches,
   the core decode's of its first state tile, whose address takes one volatile read of the slot index
   (clamped into the pool: a stale index only prefetches the wrong lines; the value is read again after the
   wait). A prefetch brings nothing into the kernel and cannot go stale: L2 is where every SM's writes meet;

@@ -1,8 +1,8 @@
 """Kernel configurations per device: measured tables, looked up, never searched at run time.
 
-Each fused Triton kernel (``core_decode``, ``norm_gate``, ``unpack``, ``linear``) asks ``lookup`` for
+Each fused Triton kernel (``core_decode``, ``norm_gate``, ``unpack``, ``skinny_gemm``) asks ``lookup`` for
 its configuration with its problem dimensions and a size (sequences for the decode, rows for the
-others; ``linear`` also learns there whether ATen is faster at that size, and the core decode from
+others; ``skinny_gemm`` also learns there whether ATen is faster at that size, and the core decode from
 ``core_decode_tma`` whether its TMA kernel is faster). The size is rounded up to a power-of-two bucket, and the answer comes from, in order:
 
 1. the file named by ``GDN_FX_TUNING`` (written by ``python -m gdn_fx tune --out FILE`` on the
@@ -28,9 +28,9 @@ import torch
 from gdn_fx import envs
 from gdn_fx.tuning import measured
 
-KERNELS = ("core_decode", "core_decode_tma", "norm_gate", "unpack", "linear", "norm_gate_linear")
+KERNELS = ("core_decode", "core_decode_tma", "norm_gate", "unpack", "skinny_gemm", "norm_gate_skinny_gemm")
 MAX_BUCKET = 1 << 24
-ATEN_CONFIG = (0, 0, 0, 0, 0, 0)  # linear / norm_gate_linear: "hand this size back" (ATen, or the two kernels)
+ATEN_CONFIG = (0, 0, 0, 0, 0, 0)  # skinny_gemm / norm_gate_skinny_gemm: "hand this size back" (ATen, or the two kernels)
 
 
 def bucket(n: int) -> int:

@@ -10,7 +10,7 @@ those of ``gdn_fx.tuning.sweep``:
 - unpack: dims "output columns", size tokens, config (block_t, block_c, num_warps, wide);
 - linear: dims "NxK" (weight rows x columns), size tokens (rows M), config (block_m, block_n, block_k,
   num_warps, num_stages, split), all zeros for "ATen's matmul (cuBLAS) is as fast or faster";
-- norm_gate_linear: dims "NxKxgroup size", size tokens, config as linear's, all zeros for "the
+- norm_gate_skinny_gemm: dims "NxKxgroup size", size tokens, config as linear's, all zeros for "the
   norm-gate kernel and then linear are as fast or faster".
 
 NVIDIA H200 (torch 2.11, Triton 3.6), Qwen3-Next dims, 2026-11-30: every timing of the sweeps is in
@@ -43,14 +43,14 @@ TABLE: dict = {
             "12352": {1: (1, 1024, 8, 1), 8: (4, 256, 4, 1), 32: (8, 128, 4, 0), 128: (8, 128, 2, 0),
                       512: (16, 256, 4, 0), 2048: (16, 128, 4, 0), 4096: (8, 128, 2, 0), 16384: (16, 256, 8, 0)},
         },
-        "linear": {  # Qwen3-Next's merged in_proj and its out_proj; from 128 rows on cuBLAS is as fast
+        "skinny_gemm": {  # Qwen3-Next's merged in_proj and its out_proj; from 128 rows on cuBLAS is as fast
             "12352x2048": {1: (1, 16, 256, 4, 1, 1), 2: (16, 32, 128, 4, 3, 1), 8: (16, 32, 128, 4, 3, 1),
                            16: (16, 32, 128, 4, 3, 1), 32: (32, 32, 128, 4, 3, 1), 64: (64, 64, 128, 4, 3, 1),
                            128: (0, 0, 0, 0, 0, 0)},
             "2048x4096": {1: (1, 4, 1024, 8, 1, 1), 2: (16, 32, 256, 4, 3, 4), 16: (16, 32, 256, 4, 3, 4),
                           32: (32, 32, 256, 4, 3, 4), 64: (64, 32, 256, 4, 3, 2), 128: (0, 0, 0, 0, 0, 0)},
         },
-        "norm_gate_linear": {  # out_proj with the norm-gate in front: one launch wins at one row only
+        "norm_gate_skinny_gemm": {  # out_proj with the norm-gate in front: one launch wins at one row only
             "2048x4096x128": {1: (1, 8, 1024, 8, 1, 1), 2: (0, 0, 0, 0, 0, 0)},
         },
     },

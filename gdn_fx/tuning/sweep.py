@@ -20,10 +20,10 @@ SIZES = {
     "core_decode_tma": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),  # sequences
     "norm_gate": (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),  # tokens (x groups = the size)
     "unpack": (1, 8, 32, 128, 512, 2048, 4096, 16384),  # tokens
-    "linear": (1, 2, 4, 8, 16, 32, 64, 128),  # tokens (rows M)
-    "norm_gate_linear": (1, 2, 4, 8, 16, 32, 64, 128),  # tokens
+    "skinny_gemm": (1, 2, 4, 8, 16, 32, 64, 128),  # tokens (rows M)
+    "norm_gate_skinny_gemm": (1, 2, 4, 8, 16, 32, 64, 128),  # tokens
 }
-ROTATE_BYTES = 256 << 20  # the linear sweep cycles through weight copies this large in all (4x+ an L2)
+ROTATE_BYTES = 256 << 20  # the skinny_gemm sweep cycles through weight copies this large in all (4x+ an L2)
 
 
 def gemm_block_m(M: int) -> int:
@@ -54,8 +54,8 @@ def candidates(kernel: str, dims: tuple) -> list[tuple]:
         tiles = [(bt, bc, w, 0) for bt, bc, w in itertools.product((1, 2, 4, 8, 16, 32), (64, 128, 256), (2, 4, 8))
                  if bt * bc // (32 * w) <= 64]  # at most 64 elements a thread
         return tiles + [(*t, 1) for t in itertools.product((1, 2, 4), (256, 1024), (4, 8))]
-    if kernel == "linear":  # dims (N, K, M) -> (block_m, block_n, block_k, num_warps, num_stages, split); ATEN: cuBLAS
-        from gdn_fx.ops.linear.triton_kernel import ATEN
+    if kernel == "skinny_gemm":  # dims (N, K, M) -> (block_m, block_n, block_k, num_warps, num_stages, split); ATEN: cuBLAS
+        from gdn_fx.ops.skinny_gemm.triton_kernel import ATEN
 
         N, K, M = dims
         if M == 1:  # no tl.dot: its loads are not pipelined, stages do nothing
@@ -64,9 +64,9 @@ def candidates(kernel: str, dims: tuple) -> list[tuple]:
             tiles = [(gemm_block_m(M), n, k, 4, 3) for n, k in itertools.product((16, 32, 64), (128, 256, 512))]
         return [ATEN] + [(*t, s) for t, s in itertools.product(tiles, (1, 2, 4))
                          if t[1] * t[2] <= 16384 and K // s >= t[2] and (t[0] + t[1]) * t[2] * 2 * t[4] <= 160 << 10]
-    if kernel == "norm_gate_linear":  # dims (N, K, group size, M): linear's tiles whose K steps hold whole
-        N, K, GS, M = dims  # groups; ATEN here means the norm-gate kernel, then linear (its own table)
-        return [c for c in candidates("linear", (N, K, M)) if c[2] % GS == 0]
+    if kernel == "norm_gate_skinny_gemm":  # dims (N, K, group size, M): skinny_gemm's tiles whose K steps hold whole
+        N, K, GS, M = dims  # groups; ATEN here means the norm-gate kernel, then skinny_gemm (its own table)
+        return [c for c in candidates("skinny_gemm", (N, K, M)) if c[2] % GS == 0]
     raise ValueError(f"unknown kernel {kernel!r}")
 
 
@@ -141,7 +141,7 @@ def _weights(N: int, K: int, g: torch.Generator) -> list[torch.Tensor]:
 def _linear(M: int, N: int, K: int):
     """Times one product of a weight among copies that together overflow L2 (a model's weights
     never sit in it), so every candidate reads its weight from memory."""
-    from gdn_fx.ops.linear.triton_kernel import linear_triton
+    from gdn_fx.ops.skinny_gemm.triton_kernel import skinny_gemm_triton
 
     g = torch.Generator(device="cuda").manual_seed(M)
     x = torch.randn(M, K, device="cuda", generator=g).bfloat16()
@@ -149,14 +149,14 @@ def _linear(M: int, N: int, K: int):
 
     def run(cfg):
         for w in ws:
-            linear_triton(x, w, cfg=cfg)
+            skinny_gemm_triton(x, w, cfg=cfg)
 
     return run, M, len(ws)
 
 
 def _norm_gate_linear(M: int, N: int, K: int, GS: int):
     """As ``_linear``, with the norm-gate's x [M, K / GS, GS] and z (a strided view) in front."""
-    from gdn_fx.ops.linear.triton_kernel import norm_gate_linear_triton
+    from gdn_fx.ops.skinny_gemm.triton_kernel import norm_gate_skinny_gemm_triton
 
     g = torch.Generator(device="cuda").manual_seed(M)
     x = torch.randn(M, K // GS, GS, device="cuda", generator=g).bfloat16()
@@ -166,23 +166,23 @@ def _norm_gate_linear(M: int, N: int, K: int, GS: int):
 
     def run(cfg):
         for w in ws:
-            norm_gate_linear_triton(x, z, nw, 1e-6, GS, True, "silu", None, w, cfg=cfg)
+            norm_gate_skinny_gemm_triton(x, z, nw, 1e-6, GS, True, "silu", None, w, cfg=cfg)
 
     return run, M, len(ws)
 
 
-def linear_dims(NK: int, NV: int, DK: int, DV: int, hidden: int) -> list[tuple[int, int]]:
+def skinny_gemm_dims(NK: int, NV: int, DK: int, DV: int, hidden: int) -> list[tuple[int, int]]:
     """(N, K) of a Qwen3-Next layer's two projections: the merged in_proj and out_proj."""
     return [(2 * NK * DK + 2 * NV * DV + 2 * NV, hidden), (hidden, NV * DV)]
 
 
-def tune(kernels=("core_decode", "core_decode_tma", "norm_gate", "unpack", "linear", "norm_gate_linear"), NK: int = 16, NV: int = 32,
+def tune(kernels=("core_decode", "core_decode_tma", "norm_gate", "unpack", "skinny_gemm", "norm_gate_skinny_gemm"), NK: int = 16, NV: int = 32,
          DK: int = 128, DV: int = 128, hidden: int = 2048, sizes: dict | None = None, log=print) -> dict:
     """{"configs": {device name: {kernel: {dims: {bucket: config}}}}, "sweep": [every timing]}."""
     name = torch.cuda.get_device_name()
     configs, sweep = {}, []
     dims = {"core_decode": [(DK, DV)], "core_decode_tma": [(DK, DV)], "norm_gate": [(DV,)], "unpack": [(sum(qwen3_next_layout(NK, NV, DK, DV)[1]),)],
-            "linear": linear_dims(NK, NV, DK, DV, hidden), "norm_gate_linear": [(hidden, NV * DV, DV)]}
+            "skinny_gemm": skinny_gemm_dims(NK, NV, DK, DV, hidden), "norm_gate_skinny_gemm": [(hidden, NV * DV, DV)]}
     for kernel in kernels:
         for d in dims[kernel]:
             for s in (sizes or SIZES)[kernel]:
@@ -193,12 +193,12 @@ def tune(kernels=("core_decode", "core_decode_tma", "norm_gate", "unpack", "line
                     run, n = _norm_gate(s, DV, NV * DV)
                 elif kernel == "unpack":
                     run, n = _unpack(s, NK, NV, DK, DV)
-                elif kernel == "linear":
+                elif kernel == "skinny_gemm":
                     run, n, calls = _linear(s, *d)
                 else:
                     run, n, calls = _norm_gate_linear(s, *d)
                 timed = []
-                for cfg in candidates(kernel, (*d, s) if kernel in ("linear", "norm_gate_linear") else d):
+                for cfg in candidates(kernel, (*d, s) if kernel in ("skinny_gemm", "norm_gate_skinny_gemm") else d):
                     if kernel == "unpack" and cfg[0] > s:
                         continue
                     t = graph_time(lambda cfg=cfg: run(cfg), reps=10, inner=20) / calls
@@ -210,8 +210,8 @@ def tune(kernels=("core_decode", "core_decode_tma", "norm_gate", "unpack", "line
                 configs.setdefault(name, {}).setdefault(kernel, {}).setdefault(key, {})[str(bucket(n))] = list(best)
                 log(f"{kernel} {key} size={s} bucket={bucket(n)}: best {best} {t * 1e6:.2f} us of {len(timed)} "
                     f"candidates ({time.time() - t0:.0f} s)")
-            if kernel in ("linear", "norm_gate_linear"):  # past the sweep: ATen (nearest-smaller would reuse the last)
-                from gdn_fx.ops.linear.triton_kernel import ATEN
+            if kernel in ("skinny_gemm", "norm_gate_skinny_gemm"):  # past the sweep: ATen (nearest-smaller would reuse the last)
+                from gdn_fx.ops.skinny_gemm.triton_kernel import ATEN
 
                 top = bucket(max((sizes or SIZES)[kernel]))
                 configs[name][kernel][key][str(2 * top)] = list(ATEN)

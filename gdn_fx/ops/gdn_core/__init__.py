@@ -36,7 +36,7 @@ import torch
 from gdn_fx import checks, envs, metadata
 from gdn_fx.ops import registry
 from gdn_fx.ops.conv1d import ACT_DTYPES
-from gdn_fx.ops.decode.reference import split_heads
+from gdn_fx.ops.fused_recurrent_decode.reference import split_heads
 from gdn_fx.ops.delta_rule import STATE_DTYPES
 from gdn_fx.ops.gating import _validate as _validate_gating
 

@@ -25,7 +25,7 @@ import torch
 from gdn_fx import envs, metadata
 from gdn_fx.ops import registry
 from gdn_fx.ops.conv1d.triton_kernel import causal_conv1d_decode_triton, conv1d_prefill_split_triton
-from gdn_fx.ops.decode.triton_kernel import fused_recurrent_decode_triton
+from gdn_fx.ops.fused_recurrent_decode.triton_kernel import fused_recurrent_decode_triton
 from gdn_fx.ops.delta_rule import fla
 from gdn_fx.ops.gdn_core import decode_tma, decode_triton
 

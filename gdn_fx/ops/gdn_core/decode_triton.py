@@ -40,7 +40,7 @@ import triton.language as tl
 
 from gdn_fx import tuning
 from gdn_fx.ops import pdl, scratch
-from gdn_fx.ops.decode.triton_kernel import gated_delta_step, head_gates, load_head
+from gdn_fx.ops.fused_recurrent_decode.triton_kernel import gated_delta_step, head_gates, load_head
 from gdn_fx.ops.pdl import release as pdl_release
 from gdn_fx.ops.pdl import request_l2
 from gdn_fx.ops.pdl import wait as pdl_wait

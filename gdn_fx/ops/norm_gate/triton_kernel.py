@@ -30,7 +30,7 @@ MAX_GROUP = 8192  # larger groups: the reference (a row no longer fits the regis
 def gated_rms_norm(b_x, b_z, b_w, eps, GS: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID: tl.constexpr):
     """[R, G] fp32 tiles of x, z and the weight, a row a group of GS channels (columns past GS zero)
     -> the gated RMS norm of each row, fp32: RMSNormGated's operations in its order. Shared with the
-    skinny GEMM's norm-gate prologue (gdn_fx.ops.linear)."""
+    skinny GEMM's norm-gate prologue (gdn_fx.ops.skinny_gemm)."""
     if SIGMOID:
         b_g = tl.sigmoid(b_z)
     else:

@@ -16,8 +16,8 @@ BLOCK_N output columns for BLOCK_M rows and a 1/SPLIT share of K, and streams th
 - On sm_90 and later (``gdn_fx.ops.pdl``) a program asks L2 for the first K step of its weight share,
   then waits for the kernel before: the weight starts streaming while that kernel finishes.
 
-Which sizes run here and which go back to ATen (``linear_reference``) is the table measured on the
-GPU it runs on (``gdn_fx.tuning``, kernel "linear", dims (N, K), size M); ATEN (block_n = 0), or a
+Which sizes run here and which go back to ATen (``skinny_gemm_reference``) is the table measured on the
+GPU it runs on (``gdn_fx.tuning``, kernel "skinny_gemm", dims (N, K), size M); ATEN (block_n = 0), or a
 device or shape without a table entry, means ATen.
 """
 
@@ -30,7 +30,7 @@ import triton.language as tl
 
 from gdn_fx import tuning
 from gdn_fx.ops import pdl, scratch
-from gdn_fx.ops.linear.reference import linear_reference
+from gdn_fx.ops.skinny_gemm.reference import skinny_gemm_reference
 from gdn_fx.ops.norm_gate.triton_kernel import gated_rms_norm, layout, norm_gate_triton
 from gdn_fx.ops.pdl import release as pdl_release
 from gdn_fx.ops.pdl import request_l2
@@ -136,7 +136,7 @@ def prefetch_l2(w, o_n, m_n, swn, k0, K, STEPS: tl.constexpr, BLOCK_K: tl.conste
 def config(M: int, N: int, K: int, device: torch.device) -> tuple[int, ...]:
     """(block_m, block_n, block_k, num_warps, num_stages, split) for an [M, K] x [N, K]^T product on
     ``device``, from the table measured there; ATEN where it has none."""
-    return tuning.lookup("linear", device, (N, K), M, ATEN)
+    return tuning.lookup("skinny_gemm", device, (N, K), M, ATEN)
 
 
 def launch_geometry(M: int, N: int, K: int, cfg: tuple) -> tuple[tuple[int, int, int], dict]:
@@ -184,28 +184,28 @@ def _launch(x, weight, cfg, M, K, norm=None):
     return y
 
 
-def linear_triton(x: torch.Tensor, weight: torch.Tensor, *, cfg: tuple | None = None) -> torch.Tensor:
-    """Same contract as ``linear_reference``. ``cfg`` overrides ``config`` (for the tuner and tests)."""
+def skinny_gemm_triton(x: torch.Tensor, weight: torch.Tensor, *, cfg: tuple | None = None) -> torch.Tensor:
+    """Same contract as ``skinny_gemm_reference``. ``cfg`` overrides ``config`` (for the tuner and tests)."""
     M, K = x.shape
     cfg = cfg or config(M, weight.shape[0], K, x.device)
     if cfg[1] == 0 or M == 0 or K == 0 or weight.stride(1) != 1 or x.dtype == torch.float32:
-        return linear_reference(x, weight)
+        return skinny_gemm_reference(x, weight)
     return _launch(x, weight, cfg, M, K)
 
 
-def norm_gate_linear_triton(
+def norm_gate_skinny_gemm_triton(
     x: torch.Tensor, z: torch.Tensor, norm_weight: torch.Tensor, eps: float, group_size: int, norm_before_gate: bool,
     activation: str, eps_tensor: torch.Tensor | None, weight: torch.Tensor, *, cfg: tuple | None = None,
 ) -> torch.Tensor:
-    """Same contract as ``norm_gate_linear_reference``: one launch where the table has a config for
-    this size whose K steps hold whole groups, else the norm-gate kernel and then ``linear_triton``."""
+    """Same contract as ``norm_gate_skinny_gemm_reference``: one launch where the table has a config for
+    this size whose K steps hold whole groups, else the norm-gate kernel and then ``skinny_gemm_triton``."""
     M, K = x.shape[0], math.prod(x.shape[1:])
-    cfg = cfg or tuning.lookup("norm_gate_linear", x.device, (weight.shape[0], K, group_size), M, ATEN)
+    cfg = cfg or tuning.lookup("norm_gate_skinny_gemm", x.device, (weight.shape[0], K, group_size), M, ATEN)
     (_, DX), (_, DZ) = layout(x), layout(z)
     fused = (cfg[1] > 0 and M > 0 and cfg[2] % group_size == 0 and K % group_size == 0 and DX % group_size == 0
              and DZ % group_size == 0 and weight.stride(1) == 1 and x.dtype != torch.float32)
     if not fused:
         h = norm_gate_triton(x, z, norm_weight, eps, group_size, norm_before_gate, activation, eps_tensor)
-        return linear_triton(h, weight)
+        return skinny_gemm_triton(h, weight)
     eps = float(eps_tensor) if eps_tensor is not None else eps
     return _launch(x, weight, cfg, M, K, (z, norm_weight.contiguous(), eps, group_size, norm_before_gate, activation))

@@ -1,4 +1,4 @@
-"""The skinny-GEMM pass: a projection's matmul becomes ``gdn_fx::linear``, fast at decode's few rows.
+"""The skinny-GEMM pass: a projection's matmul becomes ``gdn_fx::skinny_gemm``, fast at decode's few rows.
 
 Matches ``mm(x, permute(w, [1, 0]))`` (or ``t(w)``): what ``nn.Linear`` without bias leaves in a
 post-grad graph. Qwen3-Next's decode step, before::
@@ -9,15 +9,15 @@ post-grad graph. Qwen3-Next's decode step, before::
 
 after::
 
-    mixed = gdn_fx.linear(h, W_in)              one launch: the Triton skinny GEMM, or cuBLAS
-    out = gdn_fx.linear(o, W_out)
+    mixed = gdn_fx.skinny_gemm(h, W_in)              one launch: the Triton skinny GEMM, or cuBLAS
+    out = gdn_fx.skinny_gemm(o, W_out)
 
 and where the product's x is a ``gdn_fx.norm_gate`` (the norm-gate pass ran first) that nothing else
 reads, the norm-gate moves into the GEMM's prologue::
 
     o = gdn_fx.norm_gate(core_out, z, w_norm, eps, gs, ...)       [T, H*D]
-    out = gdn_fx.linear(o, W_out)
-        ->  out = gdn_fx.norm_gate_linear(core_out, z, w_norm, eps, gs, ..., W_out)     one launch
+    out = gdn_fx.skinny_gemm(o, W_out)
+        ->  out = gdn_fx.norm_gate_skinny_gemm(core_out, z, w_norm, eps, gs, ..., W_out)     one launch
 
 Each K step of the fused kernel holds whole groups, computes their norm-gate in fp32 as the norm-gate
 kernel does (the same Triton function) and rounds it to x's dtype, as the op's output was, before
@@ -40,7 +40,7 @@ import logging
 import torch
 from torch.fx import Graph, Node
 
-import gdn_fx.ops.linear  # noqa: F401  (defines torch.ops.gdn_fx.linear, the op this pass inserts)
+import gdn_fx.ops.skinny_gemm  # noqa: F401  (defines torch.ops.gdn_fx.skinny_gemm, the op this pass inserts)
 from gdn_fx.passes.base import FusionPass
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,10 @@ def _weight(n) -> Node | None:
     return None
 
 
-class LinearPass(FusionPass):
-    """Post-grad pass: ``mm(x, permute(w))`` on bf16/fp16 -> ``gdn_fx::linear(x, w)``."""
+class SkinnyGemmPass(FusionPass):
+    """Post-grad pass: ``mm(x, permute(w))`` on bf16/fp16 -> ``gdn_fx::skinny_gemm(x, w)``."""
 
-    name = "linear"
+    name = "skinny_gemm"
 
     def __init__(self, devices: tuple[str, ...] = ("cuda",)):
         super().__init__()
@@ -93,11 +93,11 @@ class LinearPass(FusionPass):
             w = _weight(wt)
             why = "the second operand is not a transposed weight" if w is None else self._fits(x, w)
             if why is not None:
-                log.debug("linear: %s not rewritten: %s", mm.name, why)
+                log.debug("skinny_gemm: %s not rewritten: %s", mm.name, why)
                 continue
             with graph.inserting_before(mm):
-                new = graph.call_function(torch.ops.gdn_fx.linear.default, (x, w))
-            new.meta["val"] = self.fake(graph, torch.ops.gdn_fx.linear.default, x, w)
+                new = graph.call_function(torch.ops.gdn_fx.skinny_gemm.default, (x, w))
+            new.meta["val"] = self.fake(graph, torch.ops.gdn_fx.skinny_gemm.default, x, w)
             mm.replace_all_uses_with(new)
             graph.erase_node(mm)
             if not wt.users:
@@ -126,7 +126,7 @@ class LinearPass(FusionPass):
         args = list(ng.args)  # the norm-gate pass writes all 8 positionally
         if len(args) != 8 or ng.kwargs:
             return
-        op = torch.ops.gdn_fx.norm_gate_linear.default
+        op = torch.ops.gdn_fx.norm_gate_skinny_gemm.default
         with graph.inserting_before(lin):
             fused = graph.call_function(op, (*args, w))
         fused.meta["val"] = self.fake(graph, op, *args, w)

@@ -12,7 +12,7 @@ import torch
 
 from gdn_fx import checks
 from gdn_fx.ops import registry
-from gdn_fx.ops.decode.reference import fused_recurrent_decode_reference, split_heads
+from gdn_fx.ops.fused_recurrent_decode.reference import fused_recurrent_decode_reference, split_heads
 from gdn_fx.ops.delta_rule import _validate_recurrent
 from gdn_fx.ops.gating import _validate as _validate_gating
 
@@ -61,7 +61,7 @@ def _(x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_ac
     return x.new_empty(x.shape[0], a.shape[1], ssm_state.shape[3])
 
 
-registry.register_optional_kernel("fused_recurrent_decode", "cuda", "gdn_fx.ops.decode.triton_kernel",
+registry.register_optional_kernel("fused_recurrent_decode", "cuda", "gdn_fx.ops.fused_recurrent_decode.triton_kernel",
                                   "fused_recurrent_decode_triton")
 
 

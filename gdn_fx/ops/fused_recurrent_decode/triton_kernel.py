@@ -123,7 +123,7 @@ def fused_recurrent_decode_triton(
     N = query_start_loc.shape[0] - 1
     NV, DK, DV = ssm_state.shape[1:]
     if not ssm_state.is_contiguous() or x.stride(-1) != 1 or not state_indices.is_contiguous():
-        from gdn_fx.ops.decode.reference import fused_recurrent_decode_reference
+        from gdn_fx.ops.fused_recurrent_decode.reference import fused_recurrent_decode_reference
 
         return fused_recurrent_decode_reference(
             x, a, b, A_log, dt_bias, ssm_state, query_start_loc, state_indices, num_accepted_tokens, num_k_heads,

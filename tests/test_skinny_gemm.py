@@ -20,14 +20,14 @@ pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::
 
 @pytest.fixture
 def on_cpu(monkeypatch):
-    """The backend's linear pass fires on the CPU too (where the op is ATen's matmul)."""
-    fire_on_cpu(monkeypatch, "linear")
+    """The backend's skinny-GEMM pass fires on the CPU too (where the op is ATen's matmul)."""
+    fire_on_cpu(monkeypatch, "skinny_gemm")
 
 
 def test_reference_is_aten_mm(device):
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(5, 96, generator=g).bfloat16().to(device), torch.randn(63, 96, generator=g).bfloat16().to(device)
-    y = ops.linear(x, w)
+    y = ops.skinny_gemm(x, w)
     assert y.shape == (5, 63) and y.is_contiguous() and y.dtype == torch.bfloat16
     if device.type == "cpu":
         assert torch.equal(y, x @ w.t())
@@ -42,7 +42,7 @@ def test_reference_is_aten_mm(device):
 def test_bad_input_raises(x_shape, w_shape, dtypes, words):
     x, w = torch.ones(x_shape, dtype=dtypes[0]), torch.ones(w_shape, dtype=dtypes[1])
     with pytest.raises(ValueError) as err:
-        ops.linear(x, w)
+        ops.skinny_gemm(x, w)
     assert all(s in str(err.value) for s in words), str(err.value)
 
 
@@ -52,7 +52,7 @@ def test_bad_input_raises(x_shape, w_shape, dtypes, words):
 # runs in fp16; cuda runs both dtypes at the rounding bound.
 CHECK = textwrap.dedent("""
     import sys, torch
-    from gdn_fx.ops.linear.triton_kernel import ATEN, linear_triton
+    from gdn_fx.ops.skinny_gemm.triton_kernel import ATEN, skinny_gemm_triton
     from gdn_fx.tuning.sweep import candidates
     DEV, CASES = sys.argv[1], eval(sys.argv[2])
     for M, N, K, cfg, dtype in CASES:
@@ -63,14 +63,14 @@ CHECK = textwrap.dedent("""
         x, w = x.to(dt).to(DEV), w.to(dt).to(DEV)
         exact = x.double() @ w.double().t()
         abs_sum = x.double().abs() @ w.double().abs().t()
-        for c in ([cfg] if cfg != "all" else [c for c in candidates("linear", (N, K, M)) if c != ATEN]):
-            y = linear_triton(x, w, cfg=c)
+        for c in ([cfg] if cfg != "all" else [c for c in candidates("skinny_gemm", (N, K, M)) if c != ATEN]):
+            y = skinny_gemm_triton(x, w, cfg=c)
             assert y.shape == (M, N) and y.dtype == dt and y.is_contiguous(), c
             # one rounding of y, plus fp32 summation noise: a few units of 2^-24 of the sum of |products|
             rel = (2**-7 if DEV == "cpu" else 2**-8) if dt == torch.bfloat16 else 2**-11
             err = (y.double() - exact).abs() - rel * exact.abs() - 2**-20 * abs_sum
             assert err.max() <= 0, (M, N, K, c, dtype, err.max().item())
-            assert torch.equal(linear_triton(x, w, cfg=c), y), ("not deterministic", c)
+            assert torch.equal(skinny_gemm_triton(x, w, cfg=c), y), ("not deterministic", c)
     from gdn_fx.ops import scratch
     assert all(int(b.abs().sum()) == 0 for b in scratch._COUNTERS.values()), "split-K counters not reset"
     print("ok")
@@ -131,7 +131,7 @@ def test_table_sizes_cuda():
         for M in (1, 2, 3, 8, 13, 32, 63, 64, 65, 128, 300):
             x = torch.randn(M, K, device="cuda", generator=g).bfloat16()
             want = x @ w.t()
-            torch.testing.assert_close(ops.linear(x, w), want, rtol=2**-7, atol=1e-3)
+            torch.testing.assert_close(ops.skinny_gemm(x, w), want, rtol=2**-7, atol=1e-3)
 
 
 @pytest.mark.gpu
@@ -145,11 +145,11 @@ def test_cuda_graph_replays():
         w = (torch.randn(N, K, device="cuda", generator=g) * K**-0.5).bfloat16()
         for M in (1, 8, 32):
             x = torch.empty(M, K, device="cuda", dtype=torch.bfloat16)
-            graph, out = capture(lambda: ops.linear(x, w))
+            graph, out = capture(lambda: ops.skinny_gemm(x, w))
             for _ in range(3):
                 x.copy_(torch.randn(M, K, device="cuda", generator=g))
                 graph.replay()
-                assert torch.equal(out, ops.linear(x, w)), (N, K, M)
+                assert torch.equal(out, ops.skinny_gemm(x, w)), (N, K, M)
 
 
 # ---- the pass ---------------------------------------------------------------------------------------
@@ -165,19 +165,19 @@ def _weights(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_pass_fires_bit_exact(on_cpu, dtype):
-    """Two projections -> two gdn_fx.linear, no aten.mm left; same bits as eager and the passes-off compile
+    """Two projections -> two gdn_fx.skinny_gemm, no aten.mm left; same bits as eager and the passes-off compile
     for every token count (on the CPU the op is ATen's matmul)."""
     w1, w2 = _weights(dtype)
     rec = assert_exact(lambda x: _two_linears(x, w1, w2), lambda T: (torch.randn(T, 24).to(dtype),),
                        [1, 5, 63], dynamic=True)
-    assert [c["linear"] for c in rec.graph_counts] == [2] * len(rec.graph_counts)  # T = 1 is a graph of its own
-    assert rec.after[0]["gdn_fx.linear"] == 2 and rec.after[0]["aten.mm"] == 0, rec.graphs_after[0]
+    assert [c["skinny_gemm"] for c in rec.graph_counts] == [2] * len(rec.graph_counts)  # T = 1 is a graph of its own
+    assert rec.after[0]["gdn_fx.skinny_gemm"] == 2 and rec.after[0]["aten.mm"] == 0, rec.graphs_after[0]
 
 
 def _not_fired(fn, *args):
     rec = RecordingBackend()
     compile_fresh(fn, rec)(*args)
-    assert rec.match_counts["linear"] == 0 and rec.after == rec.before, rec.graphs_after
+    assert rec.match_counts["skinny_gemm"] == 0 and rec.after == rec.before, rec.graphs_after
     return rec
 
 
@@ -218,14 +218,14 @@ def _layer_steps(layer):
 
 @pytest.mark.parametrize("ratio", [2])
 def test_layer_projections(on_cpu, variant, make_layer, ratio):
-    """A bf16 layer's decode/prefill step: its merged input projection and out_proj become gdn_fx.linear
+    """A bf16 layer's decode/prefill step: its merged input projection and out_proj become gdn_fx.skinny_gemm
     (OLMo-Hybrid keeps b/a apart in fp32 by default: those stay ATen), same bits as the passes-off compile."""
     rec, got, want, pools = _layer_steps(make_layer())
     assert torch.equal(got, want)
     for a, b in zip(pools[0], pools[1]):
         assert torch.equal(a, b)
-    fired = rec.graph_counts[0]["linear"]
-    assert fired >= 2 and rec.after[0]["gdn_fx.linear"] == fired
+    fired = rec.graph_counts[0]["skinny_gemm"]
+    assert fired >= 2 and rec.after[0]["gdn_fx.skinny_gemm"] == fired
     assert rec.after[0]["aten.mm"] == rec.before[0]["aten.mm"] - fired
 
 
@@ -233,8 +233,8 @@ def test_layer_projections(on_cpu, variant, make_layer, ratio):
 
 NGL_CHECK = textwrap.dedent("""
     import sys, torch
-    from gdn_fx.ops.linear.triton_kernel import ATEN, linear_triton, norm_gate_linear_triton
-    from gdn_fx.ops.linear.reference import norm_gate_linear_reference
+    from gdn_fx.ops.skinny_gemm.triton_kernel import ATEN, skinny_gemm_triton, norm_gate_skinny_gemm_triton
+    from gdn_fx.ops.skinny_gemm.reference import norm_gate_skinny_gemm_reference
     from gdn_fx.ops.norm_gate.triton_kernel import norm_gate_triton
     from gdn_fx.tuning.sweep import candidates
     DEV, CASES = sys.argv[1], eval(sys.argv[2])
@@ -245,13 +245,13 @@ NGL_CHECK = textwrap.dedent("""
         z = torch.randn(M, 3 * H * D, generator=g).to(dt)[:, H * D : 2 * H * D].unflatten(-1, (H, D)).to(DEV)
         nw = (1 + 0.2 * torch.randn(D, generator=g)).to(dt).to(DEV)
         w = (torch.randn(N, H * D, generator=g) * (H * D) ** -0.5).to(dt).to(DEV)
-        want = norm_gate_linear_reference(x.cpu(), z.cpu(), nw.cpu(), 1e-6, GS, nbg, act, None, w.cpu()).double()
-        cfgs = [cfg] if cfg != "all" else [c for c in candidates("linear", (N, H * D, M)) if c != ATEN and c[2] % GS == 0]
+        want = norm_gate_skinny_gemm_reference(x.cpu(), z.cpu(), nw.cpu(), 1e-6, GS, nbg, act, None, w.cpu()).double()
+        cfgs = [cfg] if cfg != "all" else [c for c in candidates("skinny_gemm", (N, H * D, M)) if c != ATEN and c[2] % GS == 0]
         for c in cfgs:
-            y = norm_gate_linear_triton(x, z, nw, 1e-6, GS, nbg, act, None, w, cfg=c)
+            y = norm_gate_skinny_gemm_triton(x, z, nw, 1e-6, GS, nbg, act, None, w, cfg=c)
             # the same bits as the two kernels it fuses, run with the same GEMM config
             h = norm_gate_triton(x, z, nw, 1e-6, GS, nbg, act)
-            two = linear_triton(h, w, cfg=c)
+            two = skinny_gemm_triton(h, w, cfg=c)
             same = (y == two).double().mean().item()
             assert same >= 0.99, (M, N, c, same)
             rel = (2**-7 if DEV == "cpu" else 2**-8) if dt == torch.bfloat16 else 2**-11
@@ -293,27 +293,27 @@ def test_norm_gate_linear_every_candidate_cuda(Ms):
 def test_norm_gate_linear_bad_input_raises(w_shape, dtype, words):
     x, z, nw = torch.randn(3, 2, 96).bfloat16(), torch.randn(3, 2, 96).bfloat16(), torch.randn(96).bfloat16()
     with pytest.raises(ValueError) as err:
-        ops.norm_gate_linear(x, z, nw, torch.randn(w_shape).to(dtype))
+        ops.norm_gate_skinny_gemm(x, z, nw, torch.randn(w_shape).to(dtype))
     assert all(s in str(err.value) for s in words), str(err.value)
 
 
 def test_norm_gate_linear_falls_back_where_it_cannot_fuse():
     """Groups that a K step cannot hold whole (96 channels), or no config: the two kernels' result."""
-    from gdn_fx.ops.linear.reference import norm_gate_linear_reference
+    from gdn_fx.ops.skinny_gemm.reference import norm_gate_skinny_gemm_reference
 
     x, z = torch.randn(3, 2, 96).bfloat16(), torch.randn(3, 2, 96).bfloat16()
     nw, w = torch.randn(96).bfloat16(), torch.randn(40, 192).bfloat16()
-    assert torch.equal(ops.norm_gate_linear(x, z, nw, w), norm_gate_linear_reference(
+    assert torch.equal(ops.norm_gate_skinny_gemm(x, z, nw, w), norm_gate_skinny_gemm_reference(
         x, z, nw, 1e-6, 96, True, "silu", None, w))
 
 
 @pytest.mark.parametrize("ratio", [2])
 def test_layer_norm_gate_moves_into_out_proj(on_cpu, monkeypatch, variant, make_layer, ratio):
     """With the norm-gate pass firing too: the layer's norm-gate and out_proj become one
-    gdn_fx.norm_gate_linear (no gdn_fx.norm_gate left), within the norm-gate's 1-ulp tolerance of the
+    gdn_fx.norm_gate_skinny_gemm (no gdn_fx.norm_gate left), within the norm-gate's 1-ulp tolerance of the
     passes-off compile."""
     fire_on_cpu(monkeypatch, "norm_gate")
     rec, got, want, pools = _layer_steps(make_layer())
     torch.testing.assert_close(got, want, rtol=2**-6, atol=2e-2)
     after = rec.after[0]
-    assert after["gdn_fx.norm_gate_linear"] == 1 and after["gdn_fx.norm_gate"] == 0, rec.graphs_after[0]
+    assert after["gdn_fx.norm_gate_skinny_gemm"] == 1 and after["gdn_fx.norm_gate"] == 0, rec.graphs_after[0]
