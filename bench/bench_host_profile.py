@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import host_time  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402
-from gdn_fx.demo import random_hf_state_dict  # noqa: E402
+from gdn_fx.layers.random_weights import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
 

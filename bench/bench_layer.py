@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (  # noqa: E402
     copy_bandwidth, device_info, event_time, host_time, interleaved_graph_times, kernel_stats, save)
 from gdn_fx import Request, build_metadata, envs  # noqa: E402
-from gdn_fx.demo import random_hf_state_dict  # noqa: E402
+from gdn_fx.layers.random_weights import random_hf_state_dict  # noqa: E402
 from gdn_fx.layers import Qwen3NextGatedDeltaNet  # noqa: E402
 
 BASES = ("eager", "stock_compile", "gdn_fx", "gdn_fx_cublas", "gdn_fx_max_autotune", "gdn_fx_2gemm",

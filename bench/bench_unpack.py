@@ -123,7 +123,7 @@ def main():
         assert next(r for r in rows if r["T"] == T and r["variant"] == "gdn_fx")["kernels"] == 1
     # tile-height sweep of the kernel alone (to check the launcher's choice)
     from gdn_fx.ops.unpack.triton_kernel import config, unpack_triton
-    from gdn_fx.tuning.sweep import candidates
+    from gdn_fx.cli.tune import candidates
 
     sweep = []
     for T in args.sweep_tokens:

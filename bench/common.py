@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from gdn_fx.tuning import timing
+from gdn_fx.cli import timing
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:

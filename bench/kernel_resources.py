@@ -24,7 +24,7 @@ import triton  # noqa: E402
 from gdn_fx.ops.gdn_core import decode_triton as dk  # noqa: E402
 from gdn_fx.ops.gdn_core import decode_tma  # noqa: E402
 from gdn_fx.ops.skinny_gemm import triton_kernel as lk  # noqa: E402
-from gdn_fx.tuning import measured  # noqa: E402
+from gdn_fx import tuning  # noqa: E402
 from tests.ptx import CORE_SIGNATURE, GEMM_SIGNATURE, compile_sm90, resource_usage  # noqa: E402
 
 NK, NV, DK, DV, W = 16, 32, 128, 128, 4
@@ -86,7 +86,7 @@ def main():
     ap.add_argument("--gpu", default="NVIDIA H200", help="whose measured table to read")
     ap.add_argument("--out", help="write kernel_resources_triton<version>.json here")
     args = ap.parse_args()
-    table = measured.TABLE[args.gpu]
+    table = tuning.shipped()[args.gpu]
     rows = []
     for b, cfg in sorted(table["core_decode"][f"{DK}x{DV}"].items()):
         rows.append(("core_decode", f"N*NV<={b}", cfg[1], *core_decode(*cfg)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gdn_fx.plot import kind as plot_kind  # noqa: E402
+from bench.plot import kind as plot_kind  # noqa: E402
 
 
 def _f(spec):

@@ -11,7 +11,7 @@
     GDN_FX_CORE_TMA=0       the core decode never takes its Gluon/TMA kernel (``gdn_fx.ops.gdn_core.cuda``)
 
 ``settings()`` reads them on first use and caches the result, so a layer call pays one cached function
-call for all of them; a process that changes them afterwards (a benchmark's A/B variants, a test) calls
+call for all of them; a process that changes them afterwards (a benchmark switching them between runs, a test) calls
 ``reload()``. A value a variable does not take raises ``ValueError`` naming it; a ``GDN_FX_`` variable
 gdn_fx does not know (a typo, or a switch of an older release) is named in a warning.
 """

@@ -7,7 +7,7 @@ import torch
 
 from gdn_fx.backend import GdnFxBackend
 from gdn_fx.passes import DEFAULT_PASSES
-from gdn_fx.report import op_counts
+from gdn_fx.cli.report import op_counts
 
 
 class RecordingBackend(GdnFxBackend):

@@ -113,11 +113,11 @@ def test_user_post_grad_pass_keeps_running_and_counts_accumulate():
 
 
 def test_report_and_dump(tmp_path):
-    from gdn_fx.__main__ import main
+    from gdn_fx.cli import main
 
-    assert main(["report", "--variant", "qwen3_next", "--device", "cpu"]) == 0
+    assert main(["report", "--family", "qwen3_next", "--device", "cpu"]) == 0
     # the checkpoint's layout: the merged default layer has no glue left for the unpack pass
-    assert main(["dump", "--variant", "qwen3_next", "--unmerged", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert main(["dump", "--family", "qwen3_next", "--unmerged", "--out", str(tmp_path), "--device", "cpu"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "gdn_fx_0_before.txt" in names and "gdn_fx_1_after_unpack.txt" in names
     assert any("AFTER_POST_GRAD" in n for n in names) and any("kernel" in n for n in names)

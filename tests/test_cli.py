@@ -1,5 +1,5 @@
-"""python -m gdn_fx: --help for every subcommand with descriptions and defaults, --variant choices from the
-layer registry, a one-line error for a device that is not there, dump's per-variant folders and readable
+"""python -m gdn_fx: --help for every subcommand with descriptions and defaults, --family choices from the
+layer registry, a one-line error for a device that is not there, dump's per-family folders and readable
 stage files; gdn_fx.__version__ and the LICENSE agree with pyproject.toml."""
 
 import re
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import gdn_fx
-from gdn_fx.__main__ import _parser, main
-from gdn_fx.dump import pass_status
+from gdn_fx.cli import _parser, main
+from gdn_fx.cli.dump import pass_status
 from gdn_fx.layers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is de
               pytest.mark.filterwarnings("ignore:.*You are trying to debug `torch.compile`:UserWarning")]
 
 
-@pytest.mark.parametrize("cmd", ["demo", "report", "dump", "bench", "tune"])
+@pytest.mark.parametrize("cmd", ["demo", "report", "dump", "tune"])
 def test_help_describes_every_option_with_its_default(cmd, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([cmd, "--help"])
@@ -56,13 +56,13 @@ def test_tune_without_cuda_is_a_one_line_error(tmp_path, capsys):
     assert "CUDA device" in capsys.readouterr().err and not (tmp_path / "t.json").exists()
 
 
-def test_variant_choices_come_from_the_registry():
+def test_family_choices_come_from_the_registry():
     sub = next(a for a in _parser()._actions if a.dest == "cmd").choices
     for cmd in ("demo", "report", "dump"):
-        variant = next(a for a in sub[cmd]._actions if a.dest == "variant")
-        assert sorted(variant.choices) == sorted(LAYERS)
+        family = next(a for a in sub[cmd]._actions if a.dest == "family")
+        assert sorted(family.choices) == sorted(LAYERS)
     with pytest.raises(SystemExit):
-        main(["demo", "--variant", "mamba"])
+        main(["demo", "--family", "mamba"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
@@ -79,9 +79,9 @@ def test_bad_device_is_one_line(capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
-def test_dump_folder_per_variant(tmp_path, monkeypatch, capsys):
+def test_dump_folder_per_family(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["dump", "--variant", "qwen3_5", "--device", "cpu"]) == 0
+    assert main(["dump", "--family", "qwen3_5", "--device", "cpu"]) == 0
     folder = tmp_path / "dumps" / "qwen3_5"
     before = (folder / "gdn_fx_0_before.txt").read_text()
     # shapes, dtypes and devices of every node, the source line it came from
@@ -90,8 +90,8 @@ def test_dump_folder_per_variant(tmp_path, monkeypatch, capsys):
     if pass_status("cpu")["norm_gate"] != "on":  # it fires where gdn_fx::norm_gate has a kernel
         assert "# pass norm_gate: off for cpu" in norm_gate
     capsys.readouterr()
-    # another variant into the same folder is refused (before compiling anything), one line
-    assert main(["dump", "--variant", "olmo_hybrid", "--out", str(folder), "--device", "cpu"]) == 2
+    # another family into the same folder is refused (before compiling anything), one line
+    assert main(["dump", "--family", "olmo_hybrid", "--out", str(folder), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "holds the dump of 'qwen3_5', not 'olmo_hybrid'" in err and "\n" not in err
     (tmp_path / "other").mkdir()

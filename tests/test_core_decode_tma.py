@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gdn_fx.ops.gdn_core import cuda, decode_tma
-from gdn_fx.tuning import sweep
+from gdn_fx.cli import tune as tuner
 
 from tests.ptx import CORE_SIGNATURE
 
@@ -41,7 +41,7 @@ def test_never_applies_off_cuda():
 
 def test_candidates_fit_shared_memory():
     for DK, DV in ((128, 128), (128, 96), (64, 192)):
-        cands = sweep.candidates("core_decode_tma", (DK, DV))
+        cands = tuner.candidates("core_decode_tma", (DK, DV))
         assert cands[0] == decode_tma.OFF and len(cands) > 8
         for BV, w, nb, c, wc in cands[1:]:
             assert DV % BV == 0 and nb * c * DK * BV * 4 <= 220 << 10 and (not wc or BV >= 4 * w)
@@ -63,9 +63,9 @@ def _compile(cfg, R=2, DK=128, DV=128, pdl=2):
 
 def _shipped():
     """The distinct kernels (a config less its programs an SM) of the measured tables, and two more."""
-    from gdn_fx.tuning import measured
+    from gdn_fx import tuning
 
-    cfgs = {tuple(c) for dev in measured.TABLE.values() for c in dev.get("core_decode_tma", {}).get("128x128", {}).values()
+    cfgs = {tuple(c) for dev in tuning.shipped().values() for c in dev.get("core_decode_tma", {}).get("128x128", {}).values()
             if tuple(c) != decode_tma.OFF}
     return sorted({c[:3] + (1,) + c[4:] for c in cfgs} | {(32, 4, 2, 1, 0), (64, 8, 2, 1, 1)})
 
@@ -138,7 +138,7 @@ def _check(c, want, cfg, monkeypatch, graph=False):
     conv, ssm = c["conv"].clone(), c["ssm"].clone()
     out = torch.full((c["T"], c["NV"], c["DV"]), float("nan"), device="cuda", dtype=torch.bfloat16)
     if graph:  # captured with other inputs, replayed on these: nothing of the batch's values is baked in
-        from gdn_fx.tuning.timing import capture
+        from gdn_fx.cli.timing import capture
 
         keep = {k: c[k].clone() for k in ("x", "conv", "ssm")}
         c["x"].normal_()
@@ -169,7 +169,7 @@ def _batch(seed, N, NK, R, DK, DV, **kw):
 def test_every_candidate_at_qwen3_next_dims(monkeypatch):
     """Every configuration the tuner may pick, 300 sequences (several items a program, the ring wrapping)."""
     c, want = _batch(0, 300, 16, 2, 128, 128, empty=True)
-    for cfg in sweep.candidates("core_decode_tma", (128, 128))[1:]:
+    for cfg in tuner.candidates("core_decode_tma", (128, 128))[1:]:
         _check(c, want, cfg, monkeypatch)
 
 
@@ -179,7 +179,7 @@ def test_every_candidate_at_qwen3_next_dims(monkeypatch):
                                                (4, 1, 8, 128, 128, False), (63, 4, 2, 128, 128, True)])
 def test_odd_sizes_and_head_ratios(N, NK, R, DK, DV, bias, monkeypatch):
     c, want = _batch(N, N, NK, R, DK, DV, bias=bias, empty=N > 5)
-    cands = sweep.candidates("core_decode_tma", (DK, DV))[1:]
+    cands = tuner.candidates("core_decode_tma", (DK, DV))[1:]
     for cfg in [cf for cf in cands if cf[1:] in ((4, 2, 2, 1), (4, 3, 1, 0), (8, 2, 2, 0))]:
         _check(c, want, cfg, monkeypatch)
 
@@ -195,5 +195,5 @@ def test_unsupported_batches_take_the_triton_kernel(monkeypatch):
     """A BV that does not divide DV: the dispatch runs the Triton kernel; the ones that do, this one."""
     c, want = _batch(2, 5, 2, 2, 128, 96)
     _check(c, want, (64, 4, 2, 2, 0), monkeypatch)  # 96 % 64: not this kernel's, still right
-    for cfg in itertools.islice(sweep.candidates("core_decode_tma", (128, 96))[1:], 2):
+    for cfg in itertools.islice(tuner.candidates("core_decode_tma", (128, 96))[1:], 2):
         _check(c, want, cfg, monkeypatch)

@@ -6,7 +6,7 @@ import torch
 
 from gdn_fx import Request, build_metadata
 from gdn_fx.layers import Qwen3NextGatedDeltaNet
-from gdn_fx.tuning.timing import capture
+from gdn_fx.cli.timing import capture
 
 pytestmark = pytest.mark.gpu
 HIDDEN, NK, NV, DK, DV, SLOTS, ROWS = 96, 2, 6, 32, 48, 40, 24

@@ -29,7 +29,7 @@ def test_qwen3_next_layer_glue_kernels():
     """In a whole compiled Qwen3-Next layer in the checkpoint's layout (merge_projections=False: two
     GEMMs, interleaved groups) the glue before the core op is the one unpack launch."""
     from gdn_fx import Request, build_metadata
-    from gdn_fx.demo import random_layer
+    from gdn_fx.layers.random_weights import random_layer
 
     torch._dynamo.reset()
     layer = random_layer("qwen3_next", "cuda", torch.bfloat16, merge_projections=False)
@@ -53,7 +53,7 @@ def test_layer_decode_step_kernel_budget(variant):
     kernels: the one-launch core decode and the norm-gate. No unpack: the core op reads the GEMM's
     output through its strides."""
     from gdn_fx import Request, build_metadata
-    from gdn_fx.demo import random_layer
+    from gdn_fx.layers.random_weights import random_layer
 
     torch._dynamo.reset()
     layer = random_layer(variant, "cuda", torch.bfloat16)
@@ -75,7 +75,7 @@ def test_qwen3_next_one_token_step_is_three_kernels():
     """The moonshot, where this GPU's table has the fused out_proj (the H200): a Qwen3-Next layer's decode
     step at one token is the input GEMM, the core decode and out_proj with the norm-gate in its prologue."""
     from gdn_fx import Request, build_metadata
-    from gdn_fx.demo import random_hf_state_dict
+    from gdn_fx.layers.random_weights import random_hf_state_dict
     from gdn_fx.layers import Qwen3NextGatedDeltaNet
     from gdn_fx.tuning import ATEN_CONFIG, lookup
 

@@ -1,6 +1,6 @@
 """bench/kernel_resources.py: the decode step's Triton kernels compiled for sm_90 on any machine, their registers
 and spills read from the cubin. The small-batch core decode configurations (the latency-bound decode steps) must
-not spill; which larger ones do is a measurement (bench/README.md), not a test."""
+not spill; which larger ones do is a measurement (bench/README.md, kernel_resources.py), not a test."""
 
 import pytest
 
@@ -17,7 +17,7 @@ def test_programs_per_sm():
 
 @pytest.mark.parametrize("bucket", [32, 64, 128, 256])
 def test_small_batch_core_decode_does_not_spill(bucket):
-    BV, warps, tpp, hint = kr.measured.TABLE["NVIDIA H200"]["core_decode"][f"{kr.DK}x{kr.DV}"][bucket]
+    BV, warps, tpp, hint = kr.tuning.shipped()["NVIDIA H200"]["core_decode"][f"{kr.DK}x{kr.DV}"][bucket]
     try:
         compiled, _ = kr.core_decode(BV, warps, tpp, hint)
         use = resource_usage(compiled)

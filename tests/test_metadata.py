@@ -123,7 +123,7 @@ def test_static_dims_never_tie_to_the_token_count():
     """The plan's 8 entries, the chunk plan's 4 rows and the 1 + num_spec slot columns are static under
     torch.compile(dynamic=True): at T = 8, 4 or 3 (= 1 + num_spec) duck sizing would otherwise tie the token
     count to them, specialize it, and fail a strict mark_dynamic (or recompile at the next T)."""
-    from gdn_fx.demo import random_layer
+    from gdn_fx.layers.random_weights import random_layer
     from tests.fusion import RecordingBackend, compile_fresh
 
     torch._dynamo.reset()

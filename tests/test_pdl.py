@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gdn_fx.ops import pdl
-from gdn_fx.tuning.timing import capture
+from gdn_fx.cli.timing import capture
 from tests.ptx import ptx_sm90
 
 MEMORY = re.compile(r"\b(?:ld\.(?:volatile\.)?global|st\.global|atom\.|red\.|cp\.async)")
@@ -100,7 +100,7 @@ def test_decode_step_same_bits_with_and_without_pdl(B, monkeypatch, setenv):
     same output and pools to the bit (the kernels are deterministic; only the launches differ). The core decode's
     state prefetch (on by default only for large batches) is on, so its early read of the slot index runs too."""
     from gdn_fx import Request, build_metadata
-    from gdn_fx.demo import random_hf_state_dict
+    from gdn_fx.layers.random_weights import random_hf_state_dict
     from gdn_fx.layers import Qwen3NextGatedDeltaNet
 
     if torch.cuda.get_device_capability()[0] < 9:

@@ -1,4 +1,4 @@
-"""gdn_fx.plot and ``python -m gdn_fx bench --plot-only``: the committed unpack JSON and a synthetic layer JSON
+"""bench/plot.py and ``python bench/run.py --plot-only``: the committed unpack JSON and a synthetic layer JSON
 render to a PNG (matplotlib only, no GPU)."""
 
 import json
@@ -27,7 +27,7 @@ def _layer_json(path: Path) -> Path:
 
 
 def test_plot(tmp_path, capsys):
-    from gdn_fx.plot import kind, plot
+    from bench.plot import kind, plot
 
     layer = _layer_json(tmp_path / "layer.json")
     other = tmp_path / "numerics.json"
@@ -46,7 +46,7 @@ def test_plot(tmp_path, capsys):
 def test_cli_plot_only(tmp_path):
     shutil.copy(UNPACK, tmp_path)
     _layer_json(tmp_path / "layer.json")
-    r = subprocess.run([sys.executable, "-m", "gdn_fx", "bench", "--plot-only", "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--plot-only", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "| 16384 | gdn_fx | 1 |" in r.stdout and "| decode | 8x1 | gdn_fx | 3 + " in r.stdout  # both tables printed

@@ -53,7 +53,7 @@ def test_bad_input_raises(x_shape, w_shape, dtypes, words):
 CHECK = textwrap.dedent("""
     import sys, torch
     from gdn_fx.ops.skinny_gemm.triton_kernel import ATEN, skinny_gemm_triton
-    from gdn_fx.tuning.sweep import candidates
+    from gdn_fx.cli.tune import candidates
     DEV, CASES = sys.argv[1], eval(sys.argv[2])
     for M, N, K, cfg, dtype in CASES:
         g = torch.Generator().manual_seed(M * N + K)
@@ -138,7 +138,7 @@ def test_table_sizes_cuda():
 def test_cuda_graph_replays():
     """Captured (the split-K counters and scratch inside a graph), replayed on new inputs: the same bits
     as eager calls, every replay."""
-    from gdn_fx.tuning.timing import capture
+    from gdn_fx.cli.timing import capture
 
     g = torch.Generator(device="cuda").manual_seed(1)
     for N, K in ((12352, 2048), (2048, 4096)):
@@ -236,7 +236,7 @@ NGL_CHECK = textwrap.dedent("""
     from gdn_fx.ops.skinny_gemm.triton_kernel import ATEN, skinny_gemm_triton, norm_gate_skinny_gemm_triton
     from gdn_fx.ops.skinny_gemm.reference import norm_gate_skinny_gemm_reference
     from gdn_fx.ops.norm_gate.triton_kernel import norm_gate_triton
-    from gdn_fx.tuning.sweep import candidates
+    from gdn_fx.cli.tune import candidates
     DEV, CASES = sys.argv[1], eval(sys.argv[2])
     for M, H, D, GS, N, cfg, nbg, act, dtype in CASES:
         g = torch.Generator().manual_seed(M * N + D)

@@ -78,12 +78,12 @@ def test_demo_passes(reports_2):
 
 
 def test_demo_command_line_rejects_bad_values(capsys):
-    from gdn_fx.distributed import tp_demo
+    from gdn_fx.cli import tp_demo
 
     assert tp_demo.main(["--nproc", "0", "--device", "cpu"]) == 2
     assert "--nproc must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        tp_demo.main(["--variant", "mamba"])
+        tp_demo.main(["--family", "mamba"])
 
 
 def test_check_tp_size():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gdn_fx import tuning
-from gdn_fx.tuning import measured, sweep
+from gdn_fx.cli import tune as tuner
 
 DIMS = {"core_decode": (128, 128), "norm_gate": (128,), "unpack": (12352,), "skinny_gemm": (2048, 4096, 1)}
 
@@ -30,8 +30,30 @@ def test_buckets():
     assert tuning.bucket(10**9) == tuning.MAX_BUCKET
 
 
+def test_shipped_table_is_data_with_named_fields():
+    """gdn_fx/tuning/configs/NVIDIA_H200.json: every entry names its kernel's fields (or is null), found as package
+    data; lookups read it back as tuples in FIELDS order."""
+    from importlib.resources import files
+
+    raw = json.loads(files("gdn_fx.tuning").joinpath("configs", "NVIDIA_H200.json").read_text())
+    assert raw["device"] == "NVIDIA H200" and set(raw["kernels"]) == set(tuning.KERNELS)
+    entry = raw["kernels"]["core_decode"]["128x128"]["256"]
+    assert list(entry) == list(tuning.FIELDS["core_decode"])
+    assert tuning.shipped()["NVIDIA H200"]["core_decode"]["128x128"][256] == tuple(entry.values())
+    assert raw["kernels"]["skinny_gemm"]["2048x4096"]["128"] is None
+    assert tuning.shipped()["NVIDIA H200"]["skinny_gemm"]["2048x4096"][128] == tuning.ATEN_CONFIG
+
+
+def test_to_json_reads_back():
+    table = {"norm_gate": {"128": {1: (2, 8), 64: (4, 4)}}, "skinny_gemm": {"8x16": {1: (1, 16, 256, 4, 1, 1),
+                                                                                       2: tuning.ATEN_CONFIG}}}
+    text = tuning.to_json("Some GPU", table, torch="2.x")
+    assert '"2": null' in text and '"1": {"block_rows": 2, "num_warps": 8}' in text
+    assert tuning.parse(json.loads(text), "t") == {"Some GPU": table}
+
+
 def test_lookup_uses_the_nearest_smaller_bucket(h200):
-    table = measured.TABLE["NVIDIA H200"]["core_decode"]["128x128"]
+    table = tuning.shipped()["NVIDIA H200"]["core_decode"]["128x128"]
     assert tuning.lookup("core_decode", h200, (128, 128), 8192, None) == table[8192]
     assert tuning.lookup("core_decode", h200, (128, 128), 5000, None) == table[8192]  # bucket 8192
     assert tuning.lookup("core_decode", h200, (128, 128), 1, None) == table[32]  # below the table: its smallest
@@ -45,20 +67,38 @@ def test_lookup_default_off_cuda_and_on_other_gpus(monkeypatch):
     assert tuning.lookup("norm_gate", torch.device("cuda", 0), (128,), 64, "rule") == "rule"
 
 
-def test_tuning_file_wins(h200, tmp_path, setenv):
+@pytest.mark.parametrize("content", [
+    {"device": "NVIDIA H200", "kernels": {"norm_gate": {"128": {"1": {"block_rows": 2, "num_warps": 8}}}}},
+    {"configs": {"NVIDIA H200": {"norm_gate": {"128": {"1": [2, 8]}}}}},  # the tuner's earlier format
+], ids=["named", "lists"])
+def test_tuning_file_wins(h200, tmp_path, setenv, content):
     path = tmp_path / "t.json"
-    path.write_text(json.dumps({"configs": {"NVIDIA H200": {"norm_gate": {"128": {"1": [2, 8]}}}}}))
+    path.write_text(json.dumps(content))
     setenv("GDN_FX_TUNING", str(path))
     assert tuning.lookup("norm_gate", h200, (128,), 4096, None) == (2, 8)
-    # a kernel the file lacks comes from the measured table
-    assert tuning.lookup("unpack", h200, (12352,), 1, None) == measured.TABLE["NVIDIA H200"]["unpack"]["12352"][1]
+    # a kernel the file lacks comes from the shipped table
+    assert tuning.lookup("unpack", h200, (12352,), 1, None) == tuning.shipped()["NVIDIA H200"]["unpack"]["12352"][1]
+
+
+def test_tuning_file_of_an_earlier_release_reads_renamed_kernels(h200, tmp_path, setenv):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"configs": {"NVIDIA H200": {"linear": {"2048x4096": {"1": [1, 4, 1024, 8, 1, 1]}}}}}))
+    setenv("GDN_FX_TUNING", str(path))
+    assert tuning.lookup("skinny_gemm", h200, (2048, 4096), 1, None) == (1, 4, 1024, 8, 1, 1)
+
+
+def _table(entry):
+    return json.dumps({"device": "NVIDIA H200", "kernels": {"norm_gate": {"128": entry}}})
 
 
 @pytest.mark.parametrize("content,words", [
     ("not json", ["GDN_FX_TUNING=", "cannot read"]),
-    (json.dumps({"NVIDIA H200": {"nope": {}}}), ["unknown kernel 'nope'"]),
-    (json.dumps({"NVIDIA H200": {"norm_gate": {"128": {"3": [1, 2]}}}}), ["bucket '3'", "power-of-two"]),
-    (json.dumps({"NVIDIA H200": {"norm_gate": {"128": {"4": [1, -2]}}}}), ["bucket '4'", "[1, -2]"]),
+    (json.dumps({"NVIDIA H200": {"norm_gate": {}}}), ["a tuning table is", '"device"']),
+    (json.dumps({"device": "NVIDIA H200", "kernels": {"nope": {}}}), ["unknown kernel 'nope'"]),
+    (_table({"3": {"block_rows": 1, "num_warps": 2}}), ["bucket '3'", "power-of-two"]),
+    (_table({"4": {"block_rows": 1, "warps": 2}}), ["bucket '4'", "['block_rows', 'num_warps']", "'warps'"]),
+    (_table({"4": [1, -2]}), ["bucket '4'", "[1, -2]"]),
+    (_table({"4": [1, 2, 3]}), ["bucket '4'", "2 non-negative ints"]),
 ])
 def test_bad_tuning_files_raise_naming_the_file(h200, tmp_path, setenv, content, words):
     path = tmp_path / f"bad{abs(hash(content))}.json"
@@ -71,14 +111,14 @@ def test_bad_tuning_files_raise_naming_the_file(h200, tmp_path, setenv, content,
 
 def test_measured_configs_are_candidates():
     """Every shipped config is one the tuner chooses among, so the candidate tests below cover it."""
-    for dev, kernels in tuning._measured().items():
+    for dev, kernels in tuning.shipped().items():
         for kernel, by_dims in kernels.items():
             for dims, buckets in by_dims.items():
                 d = tuple(int(v) for v in dims.split("x"))
-                if kernel in ("skinny_gemm", "norm_gate_skinny_gemm"):  # its space depends on the rows M too (tests/test_skinny_gemm.py runs it)
-                    assert all(cfg in sweep.candidates(kernel, (*d, b)) for b, cfg in buckets.items()), (dev, dims)
+                if kernel in ("skinny_gemm", "norm_gate_skinny_gemm"):  # its space depends on the rows M too
+                    assert all(cfg in tuner.candidates(kernel, (*d, b)) for b, cfg in buckets.items()), (dev, dims)
                     continue
-                space = set(sweep.candidates(kernel, d))
+                space = set(tuner.candidates(kernel, d))
                 assert set(buckets.values()) <= space, (dev, kernel, dims)
 
 
@@ -87,7 +127,7 @@ def test_capture_warms_then_captures_fn(monkeypatch):
     times on the side stream, then ``fn`` once inside the graph, whose output comes back with the graph."""
     from contextlib import contextmanager
 
-    from gdn_fx.tuning import timing
+    from gdn_fx.cli import timing
 
     where = []
 
@@ -123,7 +163,7 @@ def test_sweep_layout_is_the_transformers_unpacking():
     """The tuner's unpack layout is Qwen3-Next's checkpoint unpacking (transformers' spelling)."""
     NK, NV, DK, DV, T = 2, 6, 4, 3, 5
     R = NV // NK
-    segs, widths, cols = sweep.qwen3_next_layout(NK, NV, DK, DV)
+    segs, widths, cols = tuner.qwen3_next_layout(NK, NV, DK, DV)
     x = torch.randn(T, cols)
     qkvz = NK * (2 * DK + 2 * R * DV)
     q, k, v, z = torch.split(x[:, :qkvz].view(T, NK, -1), [DK, DK, R * DV, R * DV], dim=-1)
@@ -140,7 +180,7 @@ def test_sweep_layout_is_the_transformers_unpacking():
 # shape (the interpreter ignores num_warps)
 CHECK = textwrap.dedent("""
     import sys, torch
-    from gdn_fx.tuning import sweep
+    from gdn_fx.cli import tune as tuner
     from gdn_fx.ops.norm_gate.reference import norm_gate_reference
     from gdn_fx.ops.norm_gate.triton_kernel import norm_gate_triton
     from gdn_fx.ops.unpack.reference import unpack_reference
@@ -154,7 +194,7 @@ CHECK = textwrap.dedent("""
         z = torch.randn(T, 7 * GS, generator=g).bfloat16().to(DEV)[:, GS : 4 * GS].unflatten(-1, (3, GS))
         w = (1 + 0.2 * torch.randn(GS, generator=g)).bfloat16().to(DEV)
         want = norm_gate_reference(x.cpu(), z.cpu(), w.cpu(), 1e-6, GS, True, "silu").float()
-        for cfg in sweep.candidates("norm_gate", (GS,)):
+        for cfg in tuner.candidates("norm_gate", (GS,)):
             if DEV == "cpu" and cfg[0] in seen:
                 continue
             seen.add(cfg[0])
@@ -162,11 +202,11 @@ CHECK = textwrap.dedent("""
             err = ((got - want).abs() / want.abs().clamp_min(1e-3)).max().item()
             assert err <= 2 ** -7, (cfg, err)
     else:
-        segs, widths, cols = sweep.qwen3_next_layout(2, 6, 16, 8)
+        segs, widths, cols = tuner.qwen3_next_layout(2, 6, 16, 8)
         for T in (1, 37):
             x = torch.randn(T, cols, generator=g).bfloat16().to(DEV)
             want = unpack_reference([x.cpu()], segs, widths)
-            for cfg in sweep.candidates("unpack", (sum(widths),)):
+            for cfg in tuner.candidates("unpack", (sum(widths),)):
                 if cfg[0] > T or (DEV == "cpu" and (cfg[0], cfg[1], cfg[3]) in seen):
                     continue
                 seen.add((cfg[0], cfg[1], cfg[3]))
@@ -218,7 +258,7 @@ def test_core_decode_candidates_cuda():
         want = torch.zeros(N + 2, NV, DV, device="cuda", dtype=torch.bfloat16)
         fused_recurrent_decode_triton(y, ab[:N, NV:], ab[:N, :NV], A_log, dt, pools[1], qsl, idx, acc, NK, DK,
                                       DK**-0.5, False, out=want[:N])
-        for cfg in sweep.candidates("core_decode", (DK, DV)):
+        for cfg in tuner.candidates("core_decode", (DK, DV)):
             c, s = conv.clone(), ssm.clone()
             out = torch.full((N + 2, NV, DV), float("nan"), device="cuda", dtype=torch.bfloat16)
             core_decode_triton(x, ab[:, NV:], ab[:, :NV], w, None, A_log, dt, c, s, qsl, idx, acc, NK, DK, DK**-0.5,

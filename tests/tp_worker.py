@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-from gdn_fx.distributed.tp_demo import random_matching_pools
+from gdn_fx.cli.tp_demo import random_matching_pools
 
 HIDDEN, DK, DV, W = 48, 24, 40, 4  # head dims that are no powers of two, as in conftest
 NUM_SPEC, SLOTS = 2, 15
@@ -47,7 +47,7 @@ def steps():
 
 
 def _layers(variant: str, num_k_heads: int, ratio: int, device, dtype):
-    from gdn_fx.demo import random_hf_state_dict
+    from gdn_fx.layers.random_weights import random_hf_state_dict
     from gdn_fx.distributed import TensorParallelGDN
     from gdn_fx.layers import get_layer
 
@@ -118,10 +118,10 @@ def check_cases(rank: int, world_size: int, device, cases: list[tuple], extras: 
         torch.set_num_threads(1)  # ranks share the machine's cores
     out = {case: run_case(*case, device=device) for case in cases}
     if extras:
-        from gdn_fx.distributed import tp_demo
+        from gdn_fx.cli import tp_demo
 
         out["errors"] = check_errors(rank, world_size, device)
-        opts = vars(tp_demo.parse_args(["--variant", "olmo_hybrid", "--backend", "eager", "--device", device.type]))
+        opts = vars(tp_demo.parse_args(["--family", "olmo_hybrid", "--backend", "eager", "--device", device.type]))
         out["demo"] = tp_demo.run_rank(rank, world_size, device, opts)
     return out
 
@@ -158,7 +158,7 @@ def check_cuda_graph(rank: int, world_size: int, device, rows: int = 8) -> list[
     and replayed on changing padded decode batches, against the single-process layer run eagerly;
     then the eager sharded decode step under sync-debug mode "error" (no host-device sync)."""
     from gdn_fx import Request, build_metadata
-    from gdn_fx.tuning.timing import capture
+    from gdn_fx.cli.timing import capture
 
     full, tp = _layers("qwen3_next", 2, 3, device, torch.float32)
     gen = torch.Generator().manual_seed(2)  # the same batches and inputs on every rank

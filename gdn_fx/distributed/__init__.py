@@ -2,7 +2,7 @@
 projections, the core op on the rank's heads and pools, row-parallel out_proj + all-reduce), and
 ways to start ranks (torch.distributed.run, or local processes). Importing starts nothing.
 
-    python -m torch.distributed.run --nproc-per-node 2 -m gdn_fx.distributed.tp_demo   # the demo
+    python -m torch.distributed.run --nproc-per-node 2 -m gdn_fx.cli.tp_demo   # the demo (gdn_fx tp-demo)
 """
 
 from gdn_fx.distributed.launch import backend_for, init_from_env, launched, spawn

@@ -1,6 +1,6 @@
 """The Gated DeltaNet layer shared by every model family.
 
-A variant only says how the transformers checkpoint maps onto the input projections
+A family's class only says how the transformers checkpoint maps onto the input projections
 (``_convert_projections``: stacked into the one merged ``in_proj`` by default) and, for its
 checkpoint layout (``merge_projections=False``), how those projections unpack
 (``_project_checkpoint``); the rest (the merged projection, core op, gated norm, output
@@ -75,7 +75,7 @@ class GatedDeltaNet(nn.Module):
         self.out_proj = nn.Linear(self.value_dim, hidden_size, bias=False, **factory)
         self.reset_parameters()
         # merge_projections: one input GEMM, in_proj rows [q, k, v, z, b, a] (each head-major), stacked from the
-        # checkpoint's projections at load (the variant's _convert_projections); else the variant's own
+        # checkpoint's projections at load (the family's _convert_projections); else the family's own
         self.merge_projections = merge_projections
         if merge_projections:
             rows = self.conv_dim + self.value_dim + 2 * self.num_v_heads
@@ -94,13 +94,13 @@ class GatedDeltaNet(nn.Module):
                 f"head dims k/v={self.head_k_dim}/{self.head_v_dim}, conv_kernel_size={self.conv_kernel_size}, "
                 f"allow_neg_eigval={self.allow_neg_eigval}, tp={self.tp_rank}/{self.tp_size}")
 
-    # ---- variant hooks ------------------------------------------------------------------------
+    # ---- family hooks -------------------------------------------------------------------------
 
     def project(self, hidden_states: torch.Tensor):
         """hidden_states: [T, hidden] -> mixed_qkv: [T, conv_dim] (channels [q, k, v], heads in order),
         z: [T, NV, DV], b: [T, NV], a: [T, NV]. Merged (the default): views of the one GEMM's output
         [T, conv_dim + value_dim + 2*NV], columns [q, k, v, z, b, a]: no glue kernel is left between the
-        GEMM and the core op (which reads its inputs through their strides). Otherwise the variant's
+        GEMM and the core op (which reads its inputs through their strides). Otherwise the family's
         checkpoint layout (``_project_checkpoint``)."""
         if not self.merge_projections:
             return self._project_checkpoint(hidden_states)
@@ -114,7 +114,7 @@ class GatedDeltaNet(nn.Module):
         raise NotImplementedError
 
     def _hf_projection_shapes(self) -> dict[str, tuple[int, ...]]:
-        """transformers key -> full (all ranks) shape, for the variant's input projections."""
+        """transformers key -> full (all ranks) shape, for the family's input projections."""
         raise NotImplementedError
 
     def _convert_projections(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -123,7 +123,7 @@ class GatedDeltaNet(nn.Module):
 
     @classmethod
     def _hf_config_kwargs(cls, config) -> dict:
-        """Constructor kwargs from a transformers config of this variant's family."""
+        """Constructor kwargs from a transformers config of this family."""
         return {
             "hidden_size": config.hidden_size,
             "num_k_heads": config.linear_num_key_heads,
@@ -260,7 +260,7 @@ class GatedDeltaNet(nn.Module):
     def from_hf_config(cls, config, *, tp_size: int = 1, tp_rank: int = 0, device=None, dtype=None, **kwargs):
         """Builds the layer from a transformers config (a multimodal config gives its text config).
 
-        ``kwargs`` go to the variant's constructor. Raises ValueError when tp_size does not divide
+        ``kwargs`` go to the family's constructor. Raises ValueError when tp_size does not divide
         the head counts or the conv activation is not SiLU (the core op fuses SiLU).
         """
         if hasattr(config, "get_text_config"):
@@ -285,7 +285,7 @@ class GatedDeltaNet(nn.Module):
 
     def convert_hf_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The transformers GDN module's state dict -> this layer's (``self.state_dict()`` keys), as
-        ``load_hf_state_dict`` loads it: this rank's heads, projections fused as the variant wants.
+        ``load_hf_state_dict`` loads it: this rank's heads, projections fused as the family wants.
         Where no slicing or fusion is needed the result is a view of the input (no copy).
 
         Keys must be relative to that module ("conv1d.weight", "A_log", ...): strip the model's prefix
@@ -319,7 +319,7 @@ class GatedDeltaNet(nn.Module):
 
         Keys must be relative to that module ("conv1d.weight", "A_log", ...): strip the model's prefix
         (e.g. "model.layers.0.linear_attn.") first. Takes this rank's heads and fuses projections as the
-        variant wants. Raises ValueError naming missing or unknown keys, or a key whose shape is wrong.
+        family wants. Raises ValueError naming missing or unknown keys, or a key whose shape is wrong.
         ``assign=True`` makes the converted tensors the parameters (no copy; what is only sliced or
         reshaped stays a view of the given tensors): for a layer built on the meta device.
         """

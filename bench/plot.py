@@ -1,6 +1,6 @@
 """Figures of the benchmark JSONs (``bench/results/*.json``): kernels and latency against token count.
 
-    python -m gdn_fx bench --plot-only --out bench/results      (renders bench/results/bench.png)
+    python bench/run.py --plot-only --out bench/results      (renders bench/results/bench.png)
 """
 
 import json

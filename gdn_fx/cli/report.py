@@ -22,7 +22,7 @@ def op_counts(graph: torch.fx.Graph) -> collections.Counter:
 
 @dataclasses.dataclass
 class LayerReport:
-    variant: str
+    family: str
     matches: dict[str, int]
     kernels_before: int  # Inductor-generated kernels with gdn_fx's passes off
     kernels_after: int  # ... and on
@@ -32,7 +32,7 @@ class LayerReport:
     def lines(self) -> list[str]:
         fmt = lambda d: ", ".join(f"{k} x{v}" for k, v in sorted(d.items())) or "none"  # noqa: E731
         return [
-            f"{self.variant}:",
+            f"{self.family}:",
             "  matched: " + (", ".join(f"{k}={v}" for k, v in self.matches.items()) or "no passes"),
             f"  Inductor kernels: {self.kernels_before} with the passes off -> {self.kernels_after} with them on",
             f"  removed: {fmt(self.removed)}",
@@ -59,22 +59,22 @@ def _run(layer, backend, device) -> int:
     return metrics.generated_kernel_count
 
 
-def layer_report(variant: str, layer, device) -> LayerReport:
+def layer_report(family: str, layer, device) -> LayerReport:
     snaps = {}
     on = GdnFxBackend(snapshot=lambda stage, g: snaps.setdefault(stage, op_counts(g)))
     kernels_after = _run(layer, on, device)
     kernels_before = _run(layer, GdnFxBackend(passes=()), device)
     before, after = snaps["before"], snaps["after"]
-    return LayerReport(variant, dict(on.match_counts), kernels_before, kernels_after,
+    return LayerReport(family, dict(on.match_counts), kernels_before, kernels_after,
                        dict(before - after), dict(after - before))
 
 
-def report(variants=("qwen3_next", "qwen3_5", "olmo_hybrid"), device="cpu", dtype=torch.float32, log=print,
+def report(families=("qwen3_next", "qwen3_5", "olmo_hybrid"), device="cpu", dtype=torch.float32, log=print,
            merge_projections: bool = True):
-    from gdn_fx.demo import random_layer
+    from gdn_fx.layers.random_weights import random_layer
 
     out = []
-    for v in variants:
+    for v in families:
         r = layer_report(v, random_layer(v, device, dtype, merge_projections=merge_projections), device)
         for line in r.lines():
             log(line)

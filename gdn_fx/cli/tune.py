@@ -1,6 +1,6 @@
-"""The tuner: times every candidate configuration of each fused kernel at each size bucket on this
-GPU (CUDA-graph replay, random inputs) and returns the fastest per bucket, in the form that
-``GDN_FX_TUNING`` reads and ``measured.py`` holds. Run it as ``python -m gdn_fx tune --out FILE``.
+"""``python -m gdn_fx tune``: times every candidate configuration of each fused kernel at each size bucket on
+this GPU (CUDA-graph replay, random inputs) and writes the fastest per bucket as a table file, the form
+``GDN_FX_TUNING`` reads and ``gdn_fx/tuning/configs/`` ships (``gdn_fx.tuning``), with every timing.
 
 Problem dimensions are a model's (Qwen3-Next's by default): the decode's head dims, the norm-gate's
 group size, the unpack's layout. Every candidate is a configuration the kernel's tests run against
@@ -8,12 +8,13 @@ its reference, so a tuned table can change speed, never results.
 """
 
 import itertools
+import sys
 import time
 
 import torch
 
-from gdn_fx.tuning import bucket
-from gdn_fx.tuning.timing import graph_time
+from gdn_fx.cli.timing import graph_time
+from gdn_fx.tuning import KERNELS, bucket, to_json
 
 SIZES = {
     "core_decode": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),  # sequences (x value heads = the size)
@@ -73,7 +74,7 @@ def candidates(kernel: str, dims: tuple) -> list[tuple]:
 def _core_decode(N: int, NK: int, NV: int, DK: int, DV: int, W: int = 4, tma: bool = False):
     """(run(cfg), size) of a decode batch of N sequences: ``core_decode``'s config, or with ``tma``
     ``core_decode_tma``'s (its OFF: the Triton kernel as the table configures it)."""
-    from gdn_fx import Request, build_metadata
+    from gdn_fx.metadata import Request, build_metadata
     from gdn_fx.ops.gdn_core.decode_tma import OFF, core_decode_tma
     from gdn_fx.ops.gdn_core.decode_triton import config, core_decode_triton
 
@@ -176,9 +177,9 @@ def skinny_gemm_dims(NK: int, NV: int, DK: int, DV: int, hidden: int) -> list[tu
     return [(2 * NK * DK + 2 * NV * DV + 2 * NV, hidden), (hidden, NV * DV)]
 
 
-def tune(kernels=("core_decode", "core_decode_tma", "norm_gate", "unpack", "skinny_gemm", "norm_gate_skinny_gemm"), NK: int = 16, NV: int = 32,
-         DK: int = 128, DV: int = 128, hidden: int = 2048, sizes: dict | None = None, log=print) -> dict:
-    """{"configs": {device name: {kernel: {dims: {bucket: config}}}}, "sweep": [every timing]}."""
+def tune(kernels=KERNELS, NK: int = 16, NV: int = 32, DK: int = 128, DV: int = 128, hidden: int = 2048,
+         sizes: dict | None = None, log=print) -> dict:
+    """{"device": name, "torch": version, "configs": {kernel: {dims: {bucket: config}}}, "sweep": [every timing]}."""
     name = torch.cuda.get_device_name()
     configs, sweep = {}, []
     dims = {"core_decode": [(DK, DV)], "core_decode_tma": [(DK, DV)], "norm_gate": [(DV,)], "unpack": [(sum(qwen3_next_layout(NK, NV, DK, DV)[1]),)],
@@ -207,12 +208,40 @@ def tune(kernels=("core_decode", "core_decode_tma", "norm_gate", "unpack", "skin
                                   "us": t * 1e6})
                 t, best = min(timed)
                 key = "x".join(map(str, d))
-                configs.setdefault(name, {}).setdefault(kernel, {}).setdefault(key, {})[str(bucket(n))] = list(best)
+                configs.setdefault(kernel, {}).setdefault(key, {})[bucket(n)] = tuple(best)
                 log(f"{kernel} {key} size={s} bucket={bucket(n)}: best {best} {t * 1e6:.2f} us of {len(timed)} "
                     f"candidates ({time.time() - t0:.0f} s)")
             if kernel in ("skinny_gemm", "norm_gate_skinny_gemm"):  # past the sweep: ATen (nearest-smaller would reuse the last)
                 from gdn_fx.ops.skinny_gemm.triton_kernel import ATEN
 
                 top = bucket(max((sizes or SIZES)[kernel]))
-                configs[name][kernel][key][str(2 * top)] = list(ATEN)
+                configs[kernel][key][2 * top] = ATEN
     return {"device": name, "torch": torch.__version__, "configs": configs, "sweep": sweep}
+
+
+def command(args, parser, prog) -> int:
+    """``python -m gdn_fx tune``: checks the options, runs ``tune`` and writes the table file."""
+    kernels = [k for k in args.kernels.split(",") if k]
+    if bad := sorted(set(kernels) - set(KERNELS)):
+        parser.error(f"--kernels: unknown kernel(s) {', '.join(bad)} (choose from {', '.join(KERNELS)})")
+    try:
+        NK, NV, DK, DV = (int(v) for v in args.dims.split(","))
+    except ValueError:
+        parser.error(f"--dims: want NK,NV,DK,DV (four integers), got {args.dims!r}")
+    if NV % NK:
+        parser.error(f"--dims: NV={NV} must be a multiple of NK={NK}")
+    try:
+        sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else None
+    except ValueError:
+        parser.error(f"--sizes: want comma-separated integers, got {args.sizes!r}")
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        parser.error(f"--sizes: want positive integers, got {args.sizes!r}")
+    if not torch.cuda.is_available():
+        print(f"{prog}: tuning times kernels on a CUDA device, and none is available", file=sys.stderr)
+        return 2
+    result = tune(kernels, NK, NV, DK, DV, args.hidden, sizes={k: sizes for k in kernels} if sizes else None)
+    with open(args.out, "w") as f:
+        f.write(to_json(result["device"], result["configs"], torch=result["torch"], dims=[NK, NV, DK, DV],
+                        hidden=args.hidden, sweep=result["sweep"]))
+    print(f"wrote {args.out}: use it with GDN_FX_TUNING={args.out}")
+    return 0

@@ -12,7 +12,7 @@ from gdn_fx.backend import GdnFxBackend
 from gdn_fx.metadata import Request, build_metadata
 from gdn_fx.passes import DEFAULT_PASSES, PASSES
 
-MARKER = "gdn_fx_dump.json"  # which variant a dump folder holds
+MARKER = "gdn_fx_dump.json"  # which family a dump folder holds
 
 
 def pass_status(device: str) -> dict[str, str]:
@@ -29,35 +29,35 @@ def pass_status(device: str) -> dict[str, str]:
     return status
 
 
-def _claim(out_dir: str, variant: str) -> None:
-    """Refuses a folder holding another variant's dump, or files that are not a gdn_fx dump."""
+def _claim(out_dir: str, family: str) -> None:
+    """Refuses a folder holding another family's dump, or files that are not a gdn_fx dump."""
     marker = os.path.join(out_dir, MARKER)
     if os.path.exists(marker):
         with open(marker) as f:
-            held = json.load(f).get("variant")
-        if held != variant:
-            raise ValueError(f"{out_dir} holds the dump of {held!r}, not {variant!r}: choose another --out "
-                             f"(default: dumps/{variant})")
+            held = json.load(f).get("family")
+        if held != family:
+            raise ValueError(f"{out_dir} holds the dump of {held!r}, not {family!r}: choose another --out "
+                             f"(default: dumps/{family})")
     elif os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ValueError(f"{out_dir} is not empty and is no gdn_fx dump folder ({MARKER} missing): choose an empty "
                          "or new --out")
     os.makedirs(out_dir, exist_ok=True)
-    for f in os.listdir(out_dir):  # an earlier dump of the same variant: its stage files go
+    for f in os.listdir(out_dir):  # an earlier dump of the same family: its stage files go
         if f.startswith("gdn_fx_") and f.endswith(".txt"):
             os.remove(os.path.join(out_dir, f))
 
 
-def dump(variant: str, out_dir: str, device="cpu", dtype=torch.float32, merge_projections: bool = True) -> list[str]:
-    """Compiles ``variant``'s forward_serving with the gdn_fx backend into ``out_dir``; -> files written.
-    Raises ValueError when ``out_dir`` holds another variant's dump (one variant per folder)."""
+def dump(family: str, out_dir: str, device="cpu", dtype=torch.float32, merge_projections: bool = True) -> list[str]:
+    """Compiles ``family``'s forward_serving with the gdn_fx backend into ``out_dir``; -> files written.
+    Raises ValueError when ``out_dir`` holds another family's dump (one family per folder)."""
     import depyf
 
-    from gdn_fx.demo import random_layer
+    from gdn_fx.layers.random_weights import random_layer
 
-    _claim(out_dir, variant)
+    _claim(out_dir, family)
     with open(os.path.join(out_dir, MARKER), "w") as f:
-        json.dump({"variant": variant, "device": str(device), "dtype": str(dtype)}, f)
-    layer = random_layer(variant, device, dtype, merge_projections=merge_projections)
+        json.dump({"family": family, "device": str(device), "dtype": str(dtype)}, f)
+    layer = random_layer(family, device, dtype, merge_projections=merge_projections)
     status = pass_status(device)
     graphs = []
 
@@ -67,7 +67,7 @@ def dump(variant: str, out_dir: str, device="cpu", dtype=torch.float32, merge_pr
         passes = ", ".join(f"{k} {'on' if v == 'on' else 'off'}" for k, v in status.items())
         path = os.path.join(out_dir, f"gdn_fx_{len(graphs)}_{stage}.txt")
         with open(path, "w") as f:
-            f.write(f"# {variant} forward_serving on {device}, {dtype}: post-grad graph, {stage.replace('_', ' ')} "
+            f.write(f"# {family} forward_serving on {device}, {dtype}: post-grad graph, {stage.replace('_', ' ')} "
                     f"(gdn_fx passes: {passes})\n{note}")
             f.write(graph.python_code("self", verbose=True, include_device=True).src)
         graphs.append(path)

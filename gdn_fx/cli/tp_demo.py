@@ -1,10 +1,10 @@
-"""The tensor-parallel demo: a GDN layer sharded over N ranks serves mixed batches (prefills, chunked-
+"""``python -m gdn_fx tp-demo``, the tensor-parallel demo: a GDN layer sharded over N ranks serves mixed batches (prefills, chunked-
 prefill continuation, decodes, speculative verification) and every step is compared with the same
 layer, same checkpoint, in one process. Rank 0 prints the largest difference (output, and every
 rank's state pools against the single-process pools cut to its heads).
 
-    python -m torch.distributed.run --nproc-per-node 2 -m gdn_fx.distributed.tp_demo [--device cuda]
-    python -m gdn_fx.distributed.tp_demo --nproc 2        # without a launcher: starts the ranks itself
+    python -m torch.distributed.run --nproc-per-node 2 -m gdn_fx.cli.tp_demo [--device cuda]
+    python -m gdn_fx.cli.tp_demo --nproc 2        # without a launcher: starts the ranks itself
 
 gloo on the CPU, nccl on cuda (one GPU per rank). Exit status 0 when every difference is within
 the dtype's tolerance.
@@ -26,7 +26,7 @@ NUM_SPEC, SLOTS = 2, 16
 
 def _steps():
     """[(title, requests)] over sequences A-E, each with 1 + NUM_SPEC state slots; decodes first."""
-    from gdn_fx import Request
+    from gdn_fx.metadata import Request
 
     A, B, C, D, E = ([3 * i, 3 * i + 1, 3 * i + 2] for i in range(5))
     return [
@@ -63,21 +63,21 @@ def _max_over_ranks(x: float, device) -> float:
 
 def run_rank(rank: int, world_size: int, device: torch.device, opts: dict) -> bool:
     """One rank of the demo (the process group is up). Returns whether every step is within tolerance."""
-    from gdn_fx import build_metadata
-    from gdn_fx.demo import random_hf_state_dict, small_config
     from gdn_fx.distributed import TensorParallelGDN
     from gdn_fx.layers import get_layer
+    from gdn_fx.layers.random_weights import random_hf_state_dict, small_layer_config
+    from gdn_fx.metadata import build_metadata
 
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # the ranks share the cores
     log = print if rank == 0 else (lambda *a, **k: None)
     dtype = DTYPES[opts["dtype"]]
     atol, rtol = TOLS[opts["dtype"]]
-    config = small_config(opts["variant"])
-    full = get_layer(opts["variant"]).from_hf_config(config, device=device, dtype=dtype).eval().requires_grad_(False)
+    config = small_layer_config(opts["family"])
+    full = get_layer(opts["family"]).from_hf_config(config, device=device, dtype=dtype).eval().requires_grad_(False)
     sd = random_hf_state_dict(full)
     full.load_hf_state_dict(sd)
-    tp = TensorParallelGDN.from_hf_config(opts["variant"], config, device=device, dtype=dtype)
+    tp = TensorParallelGDN.from_hf_config(opts["family"], config, device=device, dtype=dtype)
     tp.load_hf_state_dict(sd)
     tp.eval().requires_grad_(False)
     log(f"{world_size} ranks ({dist.get_backend()}), each {type(full).__name__}({tp.layer.extra_repr()}) on "
@@ -114,9 +114,9 @@ def run_rank(rank: int, world_size: int, device: torch.device, opts: dict) -> bo
 def parse_args(argv=None) -> argparse.Namespace:
     from gdn_fx.layers import LAYERS
 
-    ap = argparse.ArgumentParser(prog="python -m gdn_fx.distributed.tp_demo", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gdn_fx.cli.tp_demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", default="qwen3_next", choices=sorted(LAYERS),
+    ap.add_argument("--family", default="qwen3_next", choices=sorted(LAYERS),
                     help="layer family (default %(default)s)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
                     help="cpu: gloo; cuda: nccl, one GPU per rank (default %(default)s)")
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     # by its module name, not __main__'s: the spawned ranks import it
-    from gdn_fx.distributed.tp_demo import run_rank as target
+    from gdn_fx.cli.tp_demo import run_rank as target
 
     results = spawn(target, args.nproc, opts, device=args.device, timeout_s=3 * args.timeout,
                     collective_timeout_s=args.timeout)
