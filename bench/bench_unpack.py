@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import copy_bandwidth, device_info, graph_time, interleaved_graph_times, kernel_names, save  # noqa: E402
 from gdn_fx.backend import make_backend  # noqa: E402
-from tests.fusion import consume  # noqa: E402,F401  (registers gdn_fx_test::consume)
+from tests.helpers.fusion import consume  # noqa: E402,F401  (registers gdn_fx_test::consume)
 
 NK, NV, DK, DV = 16, 32, 128, 128
 R = NV // NK

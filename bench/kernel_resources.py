@@ -25,7 +25,7 @@ from gdn_fx.ops.gdn_core import decode_triton as dk  # noqa: E402
 from gdn_fx.ops.gdn_core import decode_tma  # noqa: E402
 from gdn_fx.ops.skinny_gemm import triton_kernel as lk  # noqa: E402
 from gdn_fx import tuning  # noqa: E402
-from tests.ptx import CORE_SIGNATURE, GEMM_SIGNATURE, compile_sm90, resource_usage  # noqa: E402
+from tests.helpers.ptx import CORE_SIGNATURE, GEMM_SIGNATURE, compile_sm90, resource_usage  # noqa: E402
 
 NK, NV, DK, DV, W = 16, 32, 128, 128, 4
 

@@ -8,7 +8,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from gdn_fx import make_backend
 from gdn_fx.backend import GdnFxBackend
 from gdn_fx.passes import FusionPass, NormGateFusionPass, PostGradPassManager, UnpackFusionPass
-from tests.test_unpack_fusion import GROUP, NK, NV, _sinked, next_split
+from tests.helpers.glues import GROUP, NK, NV, _sinked, next_split
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
               pytest.mark.usefixtures("fresh_dynamo")]

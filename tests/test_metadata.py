@@ -124,7 +124,7 @@ def test_static_dims_never_tie_to_the_token_count():
     torch.compile(dynamic=True): at T = 8, 4 or 3 (= 1 + num_spec) duck sizing would otherwise tie the token
     count to them, specialize it, and fail a strict mark_dynamic (or recompile at the next T)."""
     from gdn_fx.layers.random_weights import random_layer
-    from tests.fusion import RecordingBackend, compile_fresh
+    from tests.helpers.fusion import RecordingBackend, compile_fresh
 
     torch._dynamo.reset()
     layer = random_layer("qwen3_next", "cpu", torch.float32)

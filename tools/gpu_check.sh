@@ -38,7 +38,7 @@ status=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
   # the device-parametrized tests (ops, layers against transformers) on cuda, then every gpu-marked
   # test (the CPU suite runs the rest; Inductor's cuda compiles make a full cuda run too long)
-  runs=("${TESTS:-tests/test_layers.py tests/test_ops.py tests/test_registry.py}")
+  runs=("${TESTS:-tests/layers/test_layers.py tests/ops/test_ops.py tests/ops/test_registry.py}")
   [ -z "${TESTS:-}" ] && runs+=("-m gpu tests")
   xdist=""
   [ "${XDIST:-8}" != 0 ] && python3 -c "import xdist" 2>/dev/null && xdist="-n ${XDIST:-8}"
@@ -51,7 +51,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   # (these tests never build a transformers layer, which would switch to fla's kernels itself)
   if [ -d /tmp/site_fla ] && [ "${FLA_TESTS:-}" != none ]; then
     GDN_FX_FLA=1 PYTHONPATH=$PYTHONPATH:/tmp/site_fla GDN_FX_TEST_DEVICE=cuda timeout ${FLA_TESTS_S:-3000} \
-      python3 -m pytest -q -rfE -p no:cacheprovider ${FLA_TESTS:--m gpu tests/test_fla_wrapper.py tests/test_core_cuda.py} \
+      python3 -m pytest -q -rfE -p no:cacheprovider ${FLA_TESTS:--m gpu tests/ops/test_fla_wrapper.py tests/ops/test_gdn_core_cuda.py} \
       "${@:2}" 2>&1 | tee "$OUT/tests_fla.log"
     status=$((status | ${PIPESTATUS[0]}))
   fi

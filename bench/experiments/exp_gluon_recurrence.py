@@ -137,7 +137,7 @@ CONFIGS = [(BV, nb, w, cps) for BV, nb, w, cps in itertools.product((32, 64, 128
 def compile_only():
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
-    from tests.ptx import resource_usage
+    from tests.helpers.ptx import resource_usage
     for BV, nb, w, cps in CONFIGS:
         RL, CL = geometry(BV)
         lay = state_layout()

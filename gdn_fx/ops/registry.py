@@ -8,7 +8,7 @@ for one device type is a single call::
 
 Every implementation (reference or kernel) runs behind the op's input
 validation, so bad input raises the same ``ValueError`` on every backend and
-before anything is written to a state pool. ``tests/test_registry.py`` compares
+before anything is written to a state pool. ``tests/ops/test_registry.py`` compares
 every registered kernel with the reference of its op.
 """
 
@@ -160,7 +160,7 @@ def register_kernel(name: str, device_type: str, fn: Callable) -> Callable:
 
     The kernel is registered with the dispatcher directly, not through custom_op's per-device wrapper,
     which re-enters a dynamo-disabled frame and checks the outputs for aliasing on every call; the aliasing
-    contract is opcheck's to prove (tests/test_opcheck.py).
+    contract is opcheck's to prove (tests/ops/test_opcheck.py).
     Where this torch refuses, custom_op's registration serves."""
     entry = get(name)
     first = device_type not in entry.kernels

@@ -4,7 +4,7 @@ fla-core is optional and only tested versions are used by default: ``usable()`` 
 the installed fla-core is one of ``TESTED_VERSIONS``, or when ``GDN_FX_FLA=1`` asks for it;
 otherwise the reference serves cuda. fla-core 0.6.0 passed on an H100 (torch 2.11, triton 3.6)
 through ``tools/gpu_check.sh``: the chunk op against the fp64 oracle in bf16
-(tests/test_fla_wrapper.py) and the core op's prefill through it (tests/test_core_cuda.py).
+(tests/ops/test_fla_wrapper.py) and the core op's prefill through it (tests/ops/test_gdn_core_cuda.py).
 It serves half-precision activations only (``serves``).
 
 fla takes dense initial states and returns dense final states, so the pooled states are gathered

@@ -339,7 +339,7 @@ def _plan(T, N, NK, NV, DK, DV, cfg, has_bias, neg, pdl_mode, index):
 
 def launch_constants(T, N, NK, NV, DK, DV, cfg, has_bias, neg, pdl_mode) -> dict:
     """The kernel's constexprs for config ``cfg`` (BV, num_warps, buffers, programs an SM, wc): the launcher's,
-    and those of the sm_90 compiles on any machine (tests/test_core_decode_tma.py, bench/kernel_resources.py)."""
+    and those of the sm_90 compiles on any machine (tests/ops/test_gdn_core_decode_tma.py, bench/kernel_resources.py)."""
     BV, num_warps, nbuf, _, wc = cfg
     CL = min(32, BV // (4 * num_warps) if wc else BV // 4)  # lanes over a warp's columns, 4 columns a lane
     R = NV // NK

@@ -122,7 +122,7 @@ def _unpack_kernel(
     else:
         # short runs (b, a): columns from the gather map. Other cache hints than the paths above: with
         # the same ones, the compiled kernel merged this path's 2-byte accesses with theirs and lost
-        # their 16-byte vectors (PTX for sm_90, Triton 3.6 and 3.9; tests/test_unpack_kernel.py checks)
+        # their 16-byte vectors (PTX for sm_90, Triton 3.6 and 3.9; tests/ops/test_unpack_kernel.py checks)
         mask = m_t & (cols < n)[None, :]
         src_col = tl.load(colmap + start + cols, mask=cols < n, other=0)[None, :]
         c = (c0 + cols)[None, :]
