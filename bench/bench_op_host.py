@@ -58,7 +58,7 @@ def skinny_gemm_call(device: str):
     w = torch.randn(2048, 4096, device=device, dtype=torch.bfloat16)
     cfg = lk.config(8, 2048, 4096, x.device)
     m = pdl.mode(x.device)
-    grid, split, kwargs = lk._plan(8, 2048, 4096, cfg, None, m, 2)  # the launcher's own arguments
+    grid, split, kwargs = lk._launch_args(8, 2048, 4096, cfg, None, m, 2)  # the launcher's own arguments
     y = torch.empty(8, 2048, device=device, dtype=torch.bfloat16)
     part = torch.empty(split, 8, 2048, device=device, dtype=torch.float32)
     counters = scratch.counters(x.device, grid[0] * grid[2])
@@ -74,7 +74,7 @@ def skinny_gemm_call(device: str):
                  "torch.mm (cuBLAS)": per_call_us(lambda: torch.mm(x, w.t()), 5000)}
         dev = x.device
         parts = {"config (table lookup)": lambda: lk.config(8, 2048, 4096, dev),
-                 "launch plan (cached)": lambda: lk._plan(8, 2048, 4096, cfg, None, m, 2),
+                 "launch arguments (cached)": lambda: lk._launch_args(8, 2048, 4096, cfg, None, m, 2),
                  "torch.empty y": lambda: torch.empty(8, 2048, dtype=w.dtype, device=dev),
                  "torch.empty partials": lambda: torch.empty(4, 8, 2048, dtype=torch.float32, device=dev),
                  "scratch.counters": lambda: scratch.counters(dev, 64),

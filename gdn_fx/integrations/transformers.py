@@ -77,7 +77,7 @@ FAMILIES = {
 }
 
 
-class _Plans:
+class _MetadataCache:
     """Metadata for a batch shape, shared by the GDN layers of one model: every GDN layer of a forward
     gets the same batch, so the metadata is built once per forward, and a decode step's (no mask) once
     for a whole ``generate``. Keyed on the mask object itself (held, so its id stays unique)."""
@@ -94,14 +94,14 @@ class _Plans:
         if hit is not None and hit[0] is mask:
             self._memo.move_to_end(key)
             return hit[1]
-        plan = _build_plan(batch, length, mask, has_state, device)
-        self._memo[key] = (mask, plan)
+        entry = _batch_metadata(batch, length, mask, has_state, device)
+        self._memo[key] = (mask, entry)
         if len(self._memo) > self._maxsize:
             self._memo.popitem(last=False)
-        return plan
+        return entry
 
 
-def _build_plan(batch, length, mask, has_state, device):
+def _batch_metadata(batch, length, mask, has_state, device):
     """One request per batch row (slot = row) holding that row's real tokens; decodes first."""
     if mask is None:
         lens = [length] * batch
@@ -135,12 +135,12 @@ class TransformersGatedDeltaNet(nn.Module):
     """
 
     def __init__(self, layer: GatedDeltaNet, layer_idx: int, layer_type: str | None = None, *,
-                 plans: _Plans | None = None, step: Callable | None = None):
+                 metadata_cache: _MetadataCache | None = None, step: Callable | None = None):
         super().__init__()
         self.layer = layer
         self.layer_idx = layer_idx
         self.layer_type = layer_type
-        self._plans = _Plans() if plans is None else plans
+        self._metadata = _MetadataCache() if metadata_cache is None else metadata_cache
         self._step = layer.forward_serving if step is None else step
 
     def extra_repr(self) -> str:
@@ -164,10 +164,10 @@ class TransformersGatedDeltaNet(nn.Module):
         else:
             cache_layer = _cache_layer(cache, self.layer_idx)
             conv_state, ssm_state, has_state = self._pools(cache_layer, B, hidden_states)
-        plan = self._plans.get(B, L, attention_mask, has_state, hidden_states.device)
-        if plan is None:  # every token is padding: nothing enters the state
+        entry = self._metadata.get(B, L, attention_mask, has_state, hidden_states.device)
+        if entry is None:  # every token is padding: nothing enters the state
             return torch.zeros_like(hidden_states)
-        meta, index = plan
+        meta, index = entry
         flat = hidden_states.reshape(B * L, H)
         packed = flat if index is None else flat.index_select(0, index)
         self.layer.check_no_grad(packed)  # here too: under torch.compile the error would come wrapped
@@ -262,16 +262,16 @@ def patch_model(model: nn.Module, *, backend: str | Callable | None = None, comp
     if config is None:
         raise ValueError(f"patch_model: {type(model).__name__} has no .config (expected a transformers PreTrainedModel)")
     config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    plans = _Plans()
+    metadata_cache = _MetadataCache()
     for name, family in found:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, attr, _convert(getattr(parent, attr), family, config, plans, backend, compile_options,
+        setattr(parent, attr, _convert(getattr(parent, attr), family, config, metadata_cache, backend, compile_options,
                                        merge_projections))
     return model
 
 
-def _convert(module: nn.Module, family: str, config, plans: _Plans, backend, compile_options, merge_projections):
+def _convert(module: nn.Module, family: str, config, metadata_cache: _MetadataCache, backend, compile_options, merge_projections):
     """One transformers GDN module -> TransformersGatedDeltaNet holding its tensors."""
     sd = module.state_dict()
     where = {(t.device, t.dtype) for t in sd.values()}
@@ -287,7 +287,8 @@ def _convert(module: nn.Module, family: str, config, plans: _Plans, backend, com
     step = None
     if backend is not None:
         step = layer.compile_serving(backend=backend, options=compile_options)
-    return TransformersGatedDeltaNet(layer, module.layer_idx, getattr(module, "layer_type", None), plans=plans,
+    return TransformersGatedDeltaNet(layer, module.layer_idx, getattr(module, "layer_type", None),
+                                     metadata_cache=metadata_cache,
                                      step=step)
 
 

@@ -159,9 +159,7 @@ def _gdn_core(
 
 
 @_gdn_core.register_fake
-def _(mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out,
-      query_start_loc, state_indices, has_initial_state, num_accepted_tokens, plan, num_k_heads, head_k_dim,
-      allow_neg_eigval, chunk_plan=None):
+def _(*args, **kwargs):  # writes its outputs in place, returns nothing (the registry validates the arguments)
     return None
 
 

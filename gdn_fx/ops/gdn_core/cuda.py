@@ -67,18 +67,15 @@ def decode_part(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm
                                       num_accepted_tokens, num_k_heads, head_k_dim, scale, allow_neg_eigval, out=out)
 
 
-def gdn_core_cuda(
-    mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out, query_start_loc,
-    state_indices, has_initial_state, num_accepted_tokens, plan, num_k_heads, head_k_dim, allow_neg_eigval,
-    chunk_plan=None, *, decode: tuple[str, tuple | None] | None = None,
-) -> None:
-    """The op's contract (``gdn_fx.ops.gdn_core``). ``decode`` = (kernel, config) overrides ``decode_kernel``'s
-    choice (tests run every kernel and configuration through the whole op)."""
+def gdn_core_cuda(*args, decode: tuple[str, tuple | None] | None = None) -> None:
+    """The op's contract (its arguments in the order of ``gdn_fx.ops.gdn_core``'s reference, ``chunk_plan``
+    optional). ``decode`` = (kernel, config) overrides ``decode_kernel``'s choice (tests run every kernel and
+    configuration through the whole op)."""
+    (mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out, query_start_loc,
+     state_indices, has_initial_state, num_accepted_tokens, plan, num_k_heads, head_k_dim, allow_neg_eigval,
+     chunk_plan) = args if len(args) == 19 else (*args, None)
     if mixed_qkv.stride(-1) != 1 or not core_attn_out.is_contiguous() or not ssm_state.is_contiguous():
-        return registry.get("gdn_core").reference(
-            mixed_qkv, b, a, conv_weight, conv_bias, A_log, dt_bias, conv_state, ssm_state, core_attn_out,
-            query_start_loc, state_indices, has_initial_state, num_accepted_tokens, plan, num_k_heads, head_k_dim,
-            allow_neg_eigval)
+        return registry.get("gdn_core").reference(*args)
     nd, ndt, np_, npt, _, _, nc, _ = plan.tolist()  # a CPU tensor: no sync
     T = mixed_qkv.shape[0]
     NV, DV = core_attn_out.shape[1:]

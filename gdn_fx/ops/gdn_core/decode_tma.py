@@ -315,7 +315,7 @@ def core_decode_tma(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state,
     N = query_start_loc.shape[0] - 1
     S, NV, DK, DV = ssm_state.shape
     BV = cfg[0]
-    grid, const, layout = _plan(T, N, num_k_heads, NV, DK, DV, cfg, conv_bias is not None, allow_neg_eigval, pdl_mode,
+    grid, const, layout = _launch_args(T, N, num_k_heads, NV, DK, DV, cfg, conv_bias is not None, allow_neg_eigval, pdl_mode,
                                 _index(x.device))
     flat = ssm_state.view(S * NV * DK, DV)
     desc = TensorDescriptor(flat, [S * NV * DK, DV], [DV, 1], [DK, BV], layout)
@@ -328,7 +328,7 @@ def core_decode_tma(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_state,
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(T, N, NK, NV, DK, DV, cfg, has_bias, neg, pdl_mode, index):
+def _launch_args(T, N, NK, NV, DK, DV, cfg, has_bias, neg, pdl_mode, index):
     """(grid, the launch's keyword arguments, the shared-memory layout), once per batch shape and setting."""
     # as few programs as keep the most items a program has: every program then gets as many (no tail)
     items = N * NK

@@ -314,7 +314,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
     if N == 0:
         return out.zero_()
     m = pdl.mode(x.device)
-    grid, kwargs = _plan(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
+    grid, kwargs = _launch_args(T, N, num_k_heads, NV, DK, DV, conv_weight.shape[1], state_indices.shape[1],
                          tuple(cfg or config(DK, DV, N, NV, x.device)), conv_bias is not None, allow_neg_eigval, m,
                          state_prefetch(m, N * NV), ssm_state.element_size())
     _core_decode_kernel[grid](
@@ -328,7 +328,7 @@ def core_decode_triton(x, a, b, conv_weight, conv_bias, A_log, dt_bias, conv_sta
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(T, N, NK, NV, DK, DV, W, S, cfg, has_bias, neg, m, prefetch, elem):
+def _launch_args(T, N, NK, NV, DK, DV, W, S, cfg, has_bias, neg, m, prefetch, elem):
     """(grid, the launch's keyword arguments), built once per batch shape and setting: a decode step pays one
     cached lookup for them."""
     BV, num_warps, tpp, hint = _full(cfg)

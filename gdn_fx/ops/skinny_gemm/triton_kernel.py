@@ -151,7 +151,7 @@ def launch_geometry(M: int, N: int, K: int, cfg: tuple) -> tuple[tuple[int, int,
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(M: int, N: int, K: int, cfg: tuple, norm: tuple | None, m: bool, elem: int):
+def _launch_args(M: int, N: int, K: int, cfg: tuple, norm: tuple | None, m: bool, elem: int):
     """(grid, split, the launch's keyword arguments) of a launch: built once per size and setting, so a call
     pays one cached lookup (a decode step calls this kernel twice a layer; bench/bench_op_host.py)."""
     grid, const = launch_geometry(M, N, K, cfg)
@@ -176,7 +176,7 @@ def _launch(x, weight, cfg, M, K, norm=None):
         (sx, DX), (sz, DZ) = layout(x), layout(z)
         norm_key = (gs, DX, DZ, nw.numel(), nbg, act)
     m = pdl.mode(x.device)
-    grid, split, kwargs = _plan(M, N, K, tuple(cfg), norm_key, m, weight.element_size())
+    grid, split, kwargs = _launch_args(M, N, K, tuple(cfg), norm_key, m, weight.element_size())
     part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     counters = scratch.counters(x.device, grid[0] * grid[2]) if split > 1 else y
     _skinny_gemm_kernel[grid](x, weight, y, part, counters, M, N, K, sx[0], sx[2], weight.stride(0), y.stride(0),
