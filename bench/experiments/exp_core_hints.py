@@ -15,7 +15,11 @@
 
 Results: bench/results/runs/core_hints_h200_{a,b}.json, core_hints_tma_vs_h200.json, ncu_core_*_h200.txt;
 bench/README.md, part 11. The shipped kernel takes the hints as its config's fourth field (HINTS), which the tuner
-sweeps."""
+sweeps.
+
+History (bench/experiments/LOG.md): kept as it ran, at commit e4cdd07 (as bench/exp_core_hints.py); the package has moved
+since (issue 27), so reproduce it from a checkout of that commit: ``git worktree add /tmp/at-e4cdd07 e4cdd07``.
+"""
 
 import argparse
 import importlib.util
@@ -27,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_decode import DK, DV, NK, NV, core_inputs, recurrence_inputs  # noqa: E402
 from bench.common import copy_bandwidth, interleaved_graph_times  # noqa: E402
 from gdn_fx import ops  # noqa: E402
-from gdn_fx.ops.gdn_core import decode_triton as dk  # noqa: E402
+from gdn_fx.ops.core import decode_kernel as dk  # noqa: E402
 
 LOAD = "h = tl.load(p_read).to(tl.float32)"
 STORE = "tl.store(p_write, h.to(state.dtype.element_ty))"

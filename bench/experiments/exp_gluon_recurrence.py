@@ -1,6 +1,6 @@
 """Experiment (issue 12, bench/README.md part 10): the decode recurrence alone (post-conv inputs, one token a
 sequence, Qwen3-Next dims) with the state streamed through shared memory by TMA in a persistent Gluon kernel,
-before building the conv-fused kernel (gdn_fx/ops/gdn_core/decode_tma.py). Question: with the state tile out of
+before building the conv-fused kernel (gdn_fx/ops/core/decode_tma.py). Question: with the state tile out of
 the registers (the loads in flight bounded by shared memory), how near the state floor does the kernel get?
 Anchors in the same run: gdn_fx's Triton recurrence (fused_recurrent_decode) and an in-place elementwise
 kernel over the same bytes (torch's mul_, the read-modify-write ceiling). Every configuration is checked
@@ -8,6 +8,9 @@ against the Triton recurrence first. Configs are (BV, ring buffers, warps, progr
 
     python bench/exp_gluon_recurrence.py --compile-only   # any machine: compile each config for sm_90
     python bench/exp_gluon_recurrence.py --out bench/results/runs/gluon_recurrence_proto_h200.json   # GPU
+
+History (bench/experiments/LOG.md): kept as it ran, at commit e4cdd07 (as bench/exp_gluon_recurrence.py); the package has moved
+since (issue 27), so reproduce it from a checkout of that commit: ``git worktree add /tmp/at-e4cdd07 e4cdd07``.
 """
 
 import argparse
@@ -22,10 +25,10 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # the shipped kernel's names for the barrier and the TMA load across Triton versions, and its tile layout
-from gdn_fx.ops.gdn_core.decode_tma import _cta_barrier, _tma_load, state_layout  # noqa: E402
+from gdn_fx.ops.core.decode_tma import _cta_barrier, _tma_load, state_layout  # noqa: E402
 
 NK, NV, DK, DV = 16, 32, 128, 128
 
@@ -137,7 +140,7 @@ CONFIGS = [(BV, nb, w, cps) for BV, nb, w, cps in itertools.product((32, 64, 128
 def compile_only():
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
-    from tests.helpers.ptx import resource_usage
+    from tests.ptx import resource_usage
     for BV, nb, w, cps in CONFIGS:
         RL, CL = geometry(BV)
         lay = state_layout()

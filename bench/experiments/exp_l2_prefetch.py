@@ -4,6 +4,9 @@ and the core decode kernel at Qwen3-Next dims, CUDA-graph replay, 7 interleaved 
 and out_proj alone (its weight then stays in L2). Writes l2_prefetch.json.
 
     python bench/exp_l2_prefetch.py --out bench/results/runs
+
+History (bench/experiments/LOG.md): kept as it ran, at commit 803ddc3 (as bench/exp_l2_prefetch.py); the package has moved
+since (issue 27), so reproduce it from a checkout of that commit: ``git worktree add /tmp/at-803ddc3 803ddc3``.
 """
 
 import argparse
@@ -15,11 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import device_info, interleaved_graph_times, save  # noqa: E402
 from gdn_fx import Request, build_metadata  # noqa: E402
-from gdn_fx.ops.gdn_core.decode_triton import core_decode_triton  # noqa: E402
+from gdn_fx.ops.core.decode_kernel import core_decode_triton  # noqa: E402
 from gdn_fx.ops.linear.triton_kernel import linear_triton  # noqa: E402
 
 NK, NV, DK, DV, H, W = 16, 32, 128, 128, 2048, 4

@@ -4,6 +4,9 @@ through weight copies that overflow L2). Candidates compile first in parallel pr
 then time in this one. Prints the best ten per size and writes exp_linear_space.json.
 
     python bench/exp_linear_space.py --out bench/results/runs [--m 8]
+
+History (bench/experiments/LOG.md): kept as it ran, at commit 63cdc85 (as bench/exp_linear_space.py); the package has moved
+since (issue 27), so reproduce it from a checkout of that commit: ``git worktree add /tmp/at-63cdc85 63cdc85``.
 """
 import argparse
 import itertools
@@ -11,7 +14,7 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DIMS = ((12352, 2048), (2048, 4096))
 
