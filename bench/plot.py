@@ -1,6 +1,8 @@
-"""Figures of the benchmark JSONs (``bench/results/*.json``): kernels and latency against token count.
+"""Figures of the benchmark JSONs (``bench/results/*.json``): kernels and latency against token count, and the
+layer's decode step against batch size (the root README's figure).
 
     python bench/run.py --plot-only --out bench/results      (renders bench/results/bench.png)
+    python bench/plot.py bench/results/layer_h200.json --out bench/results/decode_step_h200.png
 """
 
 import json
@@ -110,3 +112,63 @@ def plot(json_paths, out_png: str) -> str | None:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+DECODE_STEP_VARIANTS = ("eager", "stock_compile", "gdn_fx")
+
+
+def plot_decode_step(layer_json: str, out_png: str) -> str:
+    """bench_layer.py's decode rows as one figure: the step time of eager, stock torch.compile and gdn_fx against
+    the batch size (log-log, the byte floor dashed), and gdn_fx's speed-up over each. Returns ``out_png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(layer_json) as f:
+        data = json.load(f)
+    rows = [r for r in data["rows"] if r.get("kind") == "decode" and r["variant"] in DECODE_STEP_VARIANTS]
+    if not rows:
+        raise ValueError(f"{layer_json}: no decode rows of {DECODE_STEP_VARIANTS} (a bench_layer.py JSON?)")
+    by = {v: sorted((r["B"], r["us"]) for r in rows if r["variant"] == v) for v in DECODE_STEP_VARIANTS}
+    floor = sorted({(r["B"], r["floor_us"]) for r in rows if r.get("floor_us")})
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [3, 2]})
+    for v in DECODE_STEP_VARIANTS:
+        if by[v]:
+            color, marker, size = STYLE[v]
+            ax_t.plot(*zip(*by[v]), color=color, marker=marker, ms=size, lw=2.2 if v == "gdn_fx" else 1.5, label=v)
+    if floor:
+        ax_t.plot(*zip(*floor), "k--", lw=1.2, label="floor (weights + state bytes / copy bandwidth)")
+    batches = [b for b, _ in by["gdn_fx"]]
+    ax_t.set(xscale="log", yscale="log", xlabel="batch size B (decode sequences)", ylabel="step time (us)",
+             title="Qwen3-Next GDN layer, one decode step (CUDA graph)")
+    ax_t.set_xticks(batches, [str(b) for b in batches])
+    fast = dict(by["gdn_fx"])
+    width = 0.38
+    for i, v in enumerate(("stock_compile", "eager")):
+        ratio = [dict(by[v])[b] / fast[b] for b in batches]
+        bars = ax_s.bar([j + (i - 0.5) * width for j in range(len(batches))], ratio, width, color=STYLE[v][0],
+                        label=f"{v} / gdn_fx")
+        ax_s.bar_label(bars, fmt="%.2fx", fontsize=8)
+    ax_s.axhline(1.0, color="k", lw=0.8)
+    ax_s.set(xticks=range(len(batches)), xticklabels=[str(b) for b in batches], xlabel="batch size B",
+             ylabel="time / gdn_fx's", title="gdn_fx's speed-up")
+    for ax in (ax_t, ax_s):
+        ax.grid(True, which="major", alpha=0.4)
+        ax.legend(fontsize=9)
+    fig.suptitle(f"{data.get('device', '?')}, torch {data.get('torch', '?')}, Triton {data.get('triton', '?')}",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the decode step against batch size, from a bench_layer.py JSON")
+    ap.add_argument("layer_json")
+    ap.add_argument("--out", required=True, help="the PNG to write")
+    args = ap.parse_args()
+    print("wrote", plot_decode_step(args.layer_json, args.out))

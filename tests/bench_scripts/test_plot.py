@@ -51,3 +51,15 @@ def test_cli_plot_only(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| 16384 | gdn_fx | 1 |" in r.stdout and "| decode | 8x1 | gdn_fx | 3 + " in r.stdout  # both tables printed
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def test_decode_step_figure(tmp_path):
+    """The root README's figure: the decode step against batch size, from bench_layer.py's JSON."""
+    pytest.importorskip("matplotlib")
+    from bench.plot import plot_decode_step
+
+    out = plot_decode_step(str(_layer_json(tmp_path / "layer.json")), str(tmp_path / "step.png"))
+    assert Path(out).stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no decode rows"):
+        (tmp_path / "other.json").write_text(json.dumps({"rows": [{"kind": "prefill", "variant": "gdn_fx"}]}))
+        plot_decode_step(str(tmp_path / "other.json"), str(tmp_path / "x.png"))
