@@ -74,7 +74,11 @@ def plot(json_paths, out_png: str) -> str | None:
         if kind(data) is None:
             print(f"plot: skipping {path} (no token-count series)")
             continue
-        panels.append((os.path.basename(path), data, series(data)))
+        s = series(data)
+        if not s[3]:  # e.g. a bench_layer.py JSON of the prefill case only
+            print(f"plot: skipping {path} (no point of its series)")
+            continue
+        panels.append((os.path.basename(path), data, s))
     if not panels:
         print("plot: no benchmark JSON to plot")
         return None

@@ -46,6 +46,9 @@ def test_plot(tmp_path, capsys):
 def test_cli_plot_only(tmp_path):
     shutil.copy(UNPACK, tmp_path)
     _layer_json(tmp_path / "layer.json")
+    prefill_only = json.loads((tmp_path / "layer.json").read_text())
+    prefill_only["rows"] = [r for r in prefill_only["rows"] if r["kind"] == "prefill"]
+    (tmp_path / "layer_prefill.json").write_text(json.dumps(prefill_only))  # a JSON of no plotted point: skipped
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--plot-only", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
