@@ -1,6 +1,6 @@
 """The dependency ranges pyproject.toml claims are the ones CI tests: tools/oldest.txt pins each range's lower
 end (tools/test_oldest.sh runs the suite on it), and the transformers integration refuses releases outside
-its range (tests/integrations/test_transformers_generate.py)."""
+its range (tests/integrations/test_transformers_versions.py)."""
 
 import pathlib
 import re

@@ -29,9 +29,10 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/gdn_fx_site . || exit 1
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/gdn_fx_site:$PWD
 python3 - <<'PY' 2>&1 | tee "$OUT/env.txt"
-import torch, triton, transformers
+import torch, triton, transformers, huggingface_hub
 p = torch.cuda.get_device_properties(0)
-print(f"torch {torch.__version__} triton {triton.__version__} transformers {transformers.__version__}")
+print(f"torch {torch.__version__} triton {triton.__version__} transformers {transformers.__version__} "
+      f"huggingface_hub {huggingface_hub.__version__}")
 print(f"device {p.name} sms={p.multi_processor_count} mem={p.total_memory / 2**30:.0f}GiB")
 PY
 status=0
