@@ -48,5 +48,5 @@ python -m pip install -q -e ".[test,bench]" ${CONSTRAINTS:+-c "$CONSTRAINTS"}
 python -c "
 import sys, torch, transformers, gdn_fx
 build = f'CUDA {torch.version.cuda} build' if torch.version.cuda else 'CPU build'
-print(f'gdn_fx {gdn_fx.__version__} ready in $VENV: torch {torch.__version__} ({build}), transformers',
-      transformers.__version__, ', python', sys.version.split()[0])"
+print(f'gdn_fx {gdn_fx.__version__} ready in $VENV: torch {torch.__version__} ({build}), '
+      f'transformers {transformers.__version__}, python {sys.version.split()[0]}')"
