@@ -19,7 +19,7 @@ reductions; no program ever waits, so there is no deadlock). The counters are
 
 Whole tiles (BK = DK, BV dividing DV) load and store unmasked under scalar branches, and without
 speculative columns (one slot column) the state's slot is known without reading
-``num_accepted_tokens``: both keep registers and dependent loads down (measured in bench/README.md).
+``num_accepted_tokens``: both keep registers and dependent loads down (measured: bench/experiments/LOG.md, part 2).
 Their state loads and stores carry the cache hint the table names (``HINTS``): at 128-512 sequences on the
 H200 evict_last loads, or loads past L1 (.cg), took 1-4 % off.
 
@@ -232,7 +232,7 @@ def _core_decode_kernel(
 # The cache hints of whole-tile state loads and stores (the config's fourth field): none; evict_last loads (an
 # L1 hint and an L2 cache policy); loads past L1 (.cg); .cg loads and write-through (.wt) stores. Measured, not
 # reasoned: on the H200 at 256 sequences evict_last took 283.7 to 280.0 us and .cg to 281.3, at 128 .cg + .wt
-# took 148.2 to 144.5, and evict_first loads (not offered) cost 2.6 % (bench/README.md, part 11).
+# took 148.2 to 144.5, and evict_first loads (not offered) cost 2.6 % (bench/experiments/LOG.md, part 11).
 HINTS = ("none", "evict_last", "cg", "cg_wt")
 
 PREFETCH_FROM = 8192
@@ -262,7 +262,7 @@ def supports(x, conv_weight, conv_state, ssm_state, state_indices) -> bool:
 
 def default_config(DK: int, DV: int) -> tuple[int, int, int, int]:
     """(BV, num_warps, tiles per program, hint) where no measured table has an entry: the H200's choice for
-    Qwen3-Next dims at most batches (``measured.py``), a [next_pow2(DK), 64] fp32 state tile over 2
+    Qwen3-Next dims at most batches (``gdn_fx/tuning/configs/NVIDIA_H200.json``), a [next_pow2(DK), 64] fp32 state tile over 2
     warps, scaled to keep the tile's size for other head dims, no cache hint."""
     BK = triton.next_power_of_2(DK)
     return min(triton.next_power_of_2(DV), max(16, 8192 // BK)), 2, 1, 0

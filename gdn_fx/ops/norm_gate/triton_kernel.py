@@ -63,7 +63,7 @@ def _norm_gate_kernel(
     # load x, z (any dtype, strided rows) and the weight, in fp32
     p_x = x + (t * sx0 + (c0 // DX) * sx1 + (c0 % DX) * sx2)[:, None] + j[None, :] * sx2
     p_z = z + (t * sz0 + (c0 // DZ) * sz1 + (c0 % DZ) * sz2)[:, None] + j[None, :] * sz2
-    # no eviction hint: evict_first cost 4 % at T = 16384 on an H200 (bench/README.md)
+    # no eviction hint: evict_first cost 4 % at T = 16384 on an H200 (bench/experiments/LOG.md, part 4)
     b_x = tl.load(p_x, mask=mask, other=0.0).to(tl.float32)
     b_z = tl.load(p_z, mask=mask, other=0.0).to(tl.float32)
     b_w = tl.load(w + (c0 % DW)[:, None] + j[None, :], mask=mask, other=0.0).to(tl.float32)
