@@ -148,6 +148,16 @@ def test_continued_generate_matches_hf(hf_model):
     assert_same_tokens(got, fresh)
 
 
+@pytest.mark.parametrize("backend", [None, "gdn_fx"], ids=["eager", "gdn_fx"])
+def test_static_cache_generate_matches_hf(hf_model, backend):
+    """generate(cache_implementation="static"): transformers' static cache for hybrid models (linear-attention
+    layers beside static attention layers) holds the gdn_fx pools; a left-padded batch of 3 gives transformers'
+    tokens (on the CPU transformers does not compile the step: the CUDA-graph path is a GPU test's)."""
+    ids, mask = left_padded([5, 17, 9], seed=2)
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, cache_implementation="static")
+    assert_same_tokens(_patched(hf_model, backend=backend).generate(ids, **kwargs), hf_model.generate(ids, **kwargs))
+
+
 def test_cache_counts_tokens_as_transformers_does(hf_model):
     """The cache's bookkeeping after generate equals transformers' own, layer by layer: the token count a
     continued generate starts from (transformers 5.25 counts them in each linear-attention layer)."""
