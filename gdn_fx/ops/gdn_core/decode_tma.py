@@ -297,7 +297,7 @@ def supports(x, conv_weight, conv_state, ssm_state, state_indices, cfg) -> bool:
             and conv_state.shape[2] >= 3)
 
 
-OFF = (0, 0, 0, 0, 0)  # the table's "the Triton kernel is as fast or faster"
+OFF = tuning.off("core_decode_tma")  # the table's null: "the Triton kernel is as fast or faster"
 
 
 def config(DK: int, DV: int, N: int, NV: int, device: torch.device) -> tuple[int, int, int, int, int]:
